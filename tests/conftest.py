@@ -1,0 +1,56 @@
+"""Shared fixtures: where ../shared lives, and a tiny synthetic dataset + config for end-to-end runs."""
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+# A run small enough for a CPU test: 64 px images, a narrow head, a few images.
+TINY = {
+    "data": {"dataset": "shapes", "train": "shapes:train", "val": "shapes:val", "test": "shapes:test",
+             "img_size": 64, "workers": 0, "shapes_train": 32, "shapes_val": 8, "shapes_test": 8,
+             "shapes_size": 64, "zoom_out_max": 1.5},
+    "model": {"pretrained": "none", "channels": 32, "head_convs": 1, "level_thresholds": [16.0, 32.0]},
+    "train": {"epochs": 2, "batch_size": 8, "optimizer": "adamw", "lr": 0.002, "weight_decay": 0.0,
+              "warmup_epochs": 0.5, "lr_steps": [1], "eval_every": 1, "log_every": 2, "device": "cpu"},
+}
+
+
+def shared_path(*parts) -> Path:
+    """A path under ../shared, or skip the test with the reason (a user's clone has no ../shared)."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not found: the reference material in ../shared is not available")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shapes_root(tmp_path_factory) -> Path:
+    """The devkit of a tiny generated shapes set, shared by the tests of a session."""
+    from yolo.data.shapes import ensure_shapes
+    d = TINY["data"]
+    root = tmp_path_factory.mktemp("shapes")
+    return ensure_shapes(root, seed=0, num_train=d["shapes_train"], num_val=d["shapes_val"],
+                         num_test=d["shapes_test"], image_size=d["shapes_size"])
+
+
+@pytest.fixture
+def tiny_config(shapes_root, tmp_path):
+    """A validated Config for a 2-epoch CPU run on the tiny shapes set, writing under tmp_path."""
+    from yolo.config import Config, update, validate
+    cfg = update(Config(), TINY)
+    cfg.data.root = str(shapes_root)
+    cfg.output_dir = str(tmp_path / "runs")
+    cfg.name = "tiny"
+    return validate(cfg)
+
+
+def tiny_args(cfg) -> list[str]:
+    """The same configuration as command-line flags (for train.py / eval.py / torchrun)."""
+    import json
+    args = []
+    for section, values in TINY.items():
+        for key, value in values.items():
+            args += [f"--{section}.{key}", json.dumps(value)]  # JSON is YAML, which the CLI parses
+    return args + ["--data-root", cfg.data.root, "--output-dir", cfg.output_dir, "--name", cfg.name]

@@ -1,0 +1,122 @@
+"""Batching: collate padding, the epoch sampler (order, resume, shards) and worker-independent batches."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from yolo.data.loader import EpochSampler, aug_seeds, build_loader, collate, measure_loader_throughput
+from yolo.data.shapes import generate
+from yolo.data.transforms import train_transform
+from yolo.data.voc import VOCDataset, load_records
+
+
+def _sample(num_objects: int, index: int):
+    image = torch.full((3, 8, 8), index, dtype=torch.uint8)
+    boxes = torch.arange(num_objects * 4, dtype=torch.float32).reshape(num_objects, 4)
+    target = dict(boxes_xyxy=boxes, labels=torch.arange(num_objects), image_id=f"id{index}", index=index,
+                  orig_size=(10, 20), scale=(0.4, 0.8), pad=(0.0, 1.0))
+    return image, target
+
+
+def test_collate_pads_to_a_multiple_of_eight():
+    images, targets = collate([_sample(0, 0), _sample(3, 1), _sample(9, 2)])
+    assert images.shape == (3, 3, 8, 8) and images.dtype == torch.uint8
+    assert images[:, 0, 0, 0].tolist() == [0, 1, 2]
+    assert targets["boxes_xyxy"].shape == (3, 16, 4) and targets["labels"].shape == (3, 16)
+    assert targets["labels"][0].tolist() == [-1] * 16
+    assert targets["labels"][1].tolist() == [0, 1, 2] + [-1] * 13
+    torch.testing.assert_close(targets["boxes_xyxy"][2, :9], _sample(9, 2)[1]["boxes_xyxy"])
+    assert targets["boxes_xyxy"][1, 3:].abs().sum() == 0
+    assert targets["meta"][1] == dict(image_id="id1", index=1, orig_size=(10, 20), scale=(0.4, 0.8),
+                                      pad=(0.0, 1.0))
+    assert collate([_sample(0, 0)])[1]["labels"].shape == (1, 8)                   # at least 8
+
+
+def test_sampler_order_is_a_function_of_seed_and_epoch():
+    def keys(seed, epoch):
+        sampler = EpochSampler(50, shuffle=True, seed=seed)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    assert keys(0, 0) == keys(0, 0)
+    assert keys(0, 0) != keys(0, 1) and keys(0, 0) != keys(1, 0)
+    indices = [i for i, _ in keys(0, 3)]
+    assert sorted(indices) == list(range(50)) and indices != list(range(50))
+    assert [s for _, s in keys(0, 3)] == aug_seeds(0, 3, np.array(indices)).tolist()
+    assert len(set(aug_seeds(0, 0, np.arange(1000)).tolist())) == 1000
+    assert (aug_seeds(0, 0, np.arange(1000)) >= 0).all()
+    ordered = EpochSampler(5, shuffle=False, seed=0)
+    assert [i for i, _ in ordered] == [0, 1, 2, 3, 4]
+
+
+def test_sampler_skip_resumes_mid_epoch():
+    sampler = EpochSampler(20, shuffle=True, seed=7)
+    sampler.set_epoch(2)
+    full = list(sampler)
+    sampler.skip(12)
+    assert list(sampler) == full[12:] and len(sampler) == 8
+    sampler.set_epoch(2)                                     # a new epoch forgets the skip
+    assert list(sampler) == full
+
+
+@pytest.mark.parametrize("drop_last, shard", [(False, 4), (True, 3)])
+def test_sampler_distributed_shards(drop_last, shard):
+    shards = []
+    for rank in range(3):
+        sampler = EpochSampler(10, shuffle=True, seed=1, rank=rank, world_size=3, drop_last=drop_last)
+        sampler.set_epoch(5)
+        shards.append([i for i, _ in sampler])
+        assert len(shards[-1]) == len(sampler) == shard
+    merged = sum(shards, [])
+    if drop_last:
+        assert len(set(merged)) == 9                         # disjoint, one sample left out
+    else:
+        assert set(merged) == set(range(10)) and len(merged) == 12     # two repeated to pad
+    with pytest.raises(ValueError, match="rank"):
+        EpochSampler(10, shuffle=True, seed=0, rank=3, world_size=3)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    generate(root, num_train=12, num_val=0, num_test=0, image_size=48)
+    return VOCDataset(load_records(root, "shapes:train"), train_transform(32))
+
+
+def _epoch(loader, epoch, skip=0):
+    loader.sampler.set_epoch(epoch)
+    loader.sampler.skip(skip)
+    return [(images.clone(), targets["boxes_xyxy"].clone(), [m["index"] for m in targets["meta"]])
+            for images, targets in loader]
+
+
+def test_batches_do_not_depend_on_workers_or_resume(dataset):
+    in_process = build_loader(dataset, 4, train=True, num_workers=0, seed=3)
+    with_workers = build_loader(dataset, 4, train=True, num_workers=2, seed=3)
+    assert with_workers.persistent_workers and with_workers.drop_last
+    for epoch in (0, 1):
+        expected = _epoch(in_process, epoch)
+        got = _epoch(with_workers, epoch)
+        assert len(expected) == 3 and [b[2] for b in got] == [b[2] for b in expected]
+        for (image_a, boxes_a, _), (image_b, boxes_b, _) in zip(expected, got):
+            assert torch.equal(image_a, image_b) and torch.equal(boxes_a, boxes_b)
+    resumed = _epoch(in_process, 1, skip=4)
+    assert [b[2] for b in resumed] == [b[2] for b in expected[1:]]
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(resumed, expected[1:]))
+    assert _epoch(in_process, 0)[0][2] != _epoch(in_process, 1)[0][2]
+
+
+def test_eval_loader_keeps_order_and_every_sample(dataset):
+    loader = build_loader(dataset, 5, train=False, num_workers=0, seed=0)
+    assert [m["index"] for _, t in loader for m in t["meta"]] == list(range(12))
+
+
+def test_measure_loader_throughput_counts_images(dataset):
+    result = measure_loader_throughput(dataset, batch_size=4, num_workers=0, num_batches=5, warmup=1)
+    assert result["images"] == 20 and result["seconds"] > 0
+    assert result["images_per_s"] == pytest.approx(20 / result["seconds"])
+    assert result["images_per_s_per_worker"] == result["images_per_s"]
+    if Path("/proc/self/stat").exists():
+        assert result["cpu_seconds"] > 0
+        assert result["images_per_cpu_s"] == pytest.approx(20 / result["cpu_seconds"])

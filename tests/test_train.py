@@ -1,0 +1,205 @@
+"""Training end to end on a tiny synthetic set: exact resume, interruption, non-finite loss, the CLIs."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, tiny_args
+from yolo.checkpoint import load_checkpoint
+from yolo.engine import NonFiniteLoss
+from yolo.fit import StopRequest, fit, lr_factor
+
+
+def _weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def _assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_two_epochs_equal_one_epoch_then_resume(tiny_config, tmp_path):
+    fit(tiny_config, progress=False)
+    straight = _weights(tiny_config.run_dir / "last.pt")
+
+    tiny_config.name, tiny_config.train.epochs = "split", 1
+    fit(tiny_config, progress=False)
+    assert load_checkpoint(tiny_config.run_dir / "last.pt")["epoch"] == 1
+    tiny_config.train.epochs = 2
+    fit(tiny_config, resume=str(tiny_config.run_dir / "last.pt"), progress=False)
+    _assert_same_weights(straight, _weights(tiny_config.run_dir / "last.pt"))
+
+
+def test_a_stop_request_saves_mid_epoch_and_resume_is_exact(tiny_config, monkeypatch):
+    fit(tiny_config, progress=False)
+    straight = _weights(tiny_config.run_dir / "last.pt")
+
+    class StopAfterSixSteps(StopRequest):  # what SIGTERM does, at a known step: epoch 2, step 2 of 4
+        checks = 0
+
+        @property
+        def requested(self):
+            StopAfterSixSteps.checks += 1
+            return StopAfterSixSteps.checks > 2 * 6 - 1  # train_one_epoch reads it twice per step
+
+        @requested.setter
+        def requested(self, value):
+            pass
+
+    monkeypatch.setattr("yolo.fit.StopRequest", StopAfterSixSteps)
+    tiny_config.name = "interrupted"
+    fit(tiny_config, progress=False)
+    ckpt = load_checkpoint(tiny_config.run_dir / "last.pt")
+    assert (ckpt["epoch"], ckpt["step_in_epoch"]) == (1, 2)
+    assert not (tiny_config.run_dir / "results.json").exists()  # the run did not finish
+    monkeypatch.undo()
+    fit(tiny_config, resume=str(tiny_config.run_dir / "last.pt"), progress=False)
+    _assert_same_weights(straight, _weights(tiny_config.run_dir / "last.pt"))
+
+
+def test_signals_request_a_stop():
+    stop = StopRequest()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        stop.install()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # a second SIGTERM ends the process
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def test_a_non_finite_loss_stops_with_the_terms_and_keeps_the_last_good_checkpoint(tiny_config, monkeypatch):
+    tiny_config.train.epochs = 1
+    fit(tiny_config, progress=False)
+    good = _weights(tiny_config.run_dir / "last.pt")
+
+    from yolo import engine
+    real = engine.detection_loss
+
+    def exploding(*args, **kwargs):
+        terms = real(*args, **kwargs)
+        terms["cls"] = terms["cls"] * float("nan")
+        terms["total"] = terms["total"] + terms["cls"]
+        return terms
+
+    monkeypatch.setattr(engine, "detection_loss", exploding)
+    tiny_config.train.epochs = 2
+    with pytest.raises(NonFiniteLoss, match=r"epoch 1 step 1: obj=.* cls=nan"):
+        fit(tiny_config, resume=str(tiny_config.run_dir / "last.pt"), progress=False)
+    _assert_same_weights(good, _weights(tiny_config.run_dir / "last.pt"))
+
+
+def test_run_folder_holds_config_log_checkpoints_results_and_tensorboard(tiny_config):
+    metrics = fit(tiny_config, progress=False)
+    run = tiny_config.run_dir
+    assert {"config.yaml", "train.log", "last.pt", "best.pt", "results.json"} <= {p.name for p in run.iterdir()}
+    results = json.loads((run / "results.json").read_text())
+    assert results["val"]["voc07_map50"] == metrics["voc07_map50"] and results["config"]["name"] == "tiny"
+    assert "epoch 2/2" in (run / "train.log").read_text()
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["config"] == tiny_config.to_dict() and ckpt["classes"][0] == "red_circle"
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run))
+    events.Reload()
+    tags = events.Tags()
+    assert {"train/total", "train/obj", "train/noobj", "train/cls", "train/box_xy", "train/box_wh", "train/lr",
+            "train/grad_norm", "train/images_per_s", "val/voc07_map50", "val/coco_ap"} <= set(tags["scalars"])
+    assert "val/predictions" in tags["images"]
+    assert len(events.Scalars("val/voc07_map50")) == 2  # eval_every = 1
+
+
+def test_lr_schedule_warms_up_then_steps():
+    from yolo.config import TrainConfig
+    tcfg = TrainConfig(warmup_epochs=2, lr_steps=[60, 90], lr_gamma=0.1)
+    assert lr_factor(0, 100, tcfg) == pytest.approx(0.001)
+    assert lr_factor(100, 100, tcfg) == pytest.approx(0.5005)
+    assert lr_factor(200, 100, tcfg) == 1.0 and lr_factor(5999, 100, tcfg) == 1.0
+    assert lr_factor(6000, 100, tcfg) == pytest.approx(0.1) and lr_factor(9000, 100, tcfg) == pytest.approx(0.01)
+    cosine = TrainConfig(warmup_epochs=0, scheduler="cosine", epochs=10)
+    assert lr_factor(0, 10, cosine) == 1.0 and lr_factor(50, 10, cosine) == pytest.approx(0.5)
+
+
+def _run(script, *args, **kwargs):
+    return subprocess.run([sys.executable, str(REPO / script), *args], capture_output=True, text=True,
+                          cwd=kwargs.pop("cwd", REPO), timeout=600, **kwargs)
+
+
+def test_train_and_eval_commands(tiny_config, tmp_path):
+    args = tiny_args(tiny_config) + ["--epochs", "1", "--no-progress"]
+    train = _run("train.py", *args)
+    assert train.returncode == 0, train.stderr
+    assert '"voc07_map50"' in train.stdout
+    ckpt = str(tiny_config.run_dir / "last.pt")
+
+    dets, metrics = tmp_path / "dets.json", tmp_path / "metrics.json"
+    evaluation = _run("eval.py", "--checkpoint", ckpt, "--split", "shapes:val", "--json", str(metrics),
+                      "--save-detections", str(dets))
+    assert evaluation.returncode == 0, evaluation.stderr
+    assert "AP50 VOC07" in evaluation.stdout and "red_circle" in evaluation.stdout
+    from_model = json.loads(metrics.read_text())
+
+    # the saved detections, scored without the model, give the same numbers
+    rescored = tmp_path / "rescored.json"
+    external = _run("eval.py", "--detections", str(dets), "--data-root", tiny_config.data.root, "--split",
+                    "shapes:val", "--json", str(rescored))
+    assert external.returncode == 0, external.stderr
+    again = json.loads(rescored.read_text())
+    for key in ("voc07_map50", "voc_map50", "coco_ap", "coco_ap50", "per_class"):
+        assert again[key] == from_model[key], key
+
+
+def test_train_without_voc_explains_how_to_get_data(tmp_path):
+    result = _run("train.py", "--data-root", str(tmp_path / "nowhere"), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "download_voc.py" in result.stderr and "configs/shapes.yaml" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_config_values_are_one_line_errors(tmp_path):
+    result = _run("train.py", "--cls-loss", "focal", cwd=tmp_path)
+    assert result.returncode == 2 and "unknown loss 'focal'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_eval_of_a_bad_detections_file_is_a_one_line_error(shapes_root, tmp_path):
+    bad = tmp_path / "dets.json"
+    bad.write_text(json.dumps([{"image_id": "nope", "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}]))
+    result = _run("eval.py", "--detections", str(bad), "--data-root", str(shapes_root), "--split", "shapes:val")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "nope" in result.stderr
+
+
+def test_predict_draws_detections(tiny_config, tmp_path):
+    tiny_config.train.epochs = 1
+    fit(tiny_config, progress=False)
+    images = sorted(Path(tiny_config.data.root).glob("VOCshapes/JPEGImages/*.jpg"))[:2]
+    out = tmp_path / "pred"
+    result = subprocess.run([sys.executable, "-m", "yolo.predict", "--checkpoint",
+                             str(tiny_config.run_dir / "last.pt"), *map(str, images), "--out", str(out),
+                             "--score", "0.0"], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr
+    import cv2
+    for image in images:
+        drawn, original = cv2.imread(str(out / image.name)), cv2.imread(str(image))
+        assert drawn.shape == original.shape and (drawn != original).any()  # boxes were drawn
+
+
+def test_distributed_training_with_two_cpu_processes(tiny_config):
+    args = tiny_args(tiny_config) + ["--epochs", "1", "--no-progress", "--name", "ddp"]
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                             "--standalone", str(REPO / "train.py"), *args], capture_output=True, text=True,
+                            cwd=REPO, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count('"voc07_map50"') == 1  # rank 0 reports
+    run = tiny_config.run_dir.parent / "ddp"
+    assert (run / "last.pt").is_file() and (run / "results.json").is_file()
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["epoch"] == 1 and not any(k.startswith("module.") for k in ckpt["model"])

@@ -1,0 +1,321 @@
+"""Benchmarks: ``python -m yolo.bench {step,data,train,eval} ...``.
+
+Each part prints the median images/s over timed iterations after a warm-up, with the device, dtype and
+settings, one line per variant, e.g.::
+
+    python -m yolo.bench step --device cpu --batch 8 --size 416
+    python -m yolo.bench data --data-root ../shared/voc-sample --data 2012:trainval --workers 0 1 2
+    python -m yolo.bench train --config configs/shapes.yaml --steps 30
+    python -m yolo.bench eval --config configs/shapes.yaml --split shapes:val
+
+``--json FILE`` also writes every measurement. These are measurements, not tests: nothing here asserts a speed.
+"""
+import argparse
+import itertools
+import json
+import logging
+import platform
+import resource
+import statistics
+import sys
+import time
+
+import torch
+
+from yolo.config import Config, LossConfig
+
+logger = logging.getLogger(__name__)
+
+
+def machine() -> str:
+    """A one-line description of where a benchmark ran."""
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name()
+    else:
+        device = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+    return f"{device}; torch {torch.__version__}; python {platform.python_version()}"
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated, or the process's peak resident set on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_iterations(fn, device, iters: int, warmup: int) -> list[float]:
+    """Seconds of each of ``iters`` calls of ``fn`` after ``warmup`` untimed calls (synchronised on CUDA)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(iters):
+        tic = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - tic)
+    return times
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# step: the training step alone on synthetic tensors already on the device
+
+
+def synthetic_batch(batch: int, size: int, num_classes: int, device, boxes_per_image: int = 8, seed: int = 0):
+    """uint8 images and padded boxes/labels shaped like a collated batch, already on ``device``."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=g)
+    centres = torch.rand(batch, boxes_per_image, 2, generator=g) * size
+    sides = (0.05 + 0.6 * torch.rand(batch, boxes_per_image, 2, generator=g)) * size
+    boxes = torch.cat([centres - sides / 2, centres + sides / 2], -1).clamp(0, size)
+    labels = torch.randint(0, num_classes, (batch, boxes_per_image), generator=g)
+    labels[:, boxes_per_image // 2:] = -1  # half padding, like a real batch
+    return images.to(device), boxes.to(device), labels.to(device)
+
+
+def bench_step(device, batch: int, size: int, amp: str, channels_last: bool, compile_model: bool,
+               iters: int, warmup: int, cls_loss: str = "ce") -> dict:
+    """Images/s of ``yolo.engine.train_step`` (forward, assignment, every loss term, backward, SGD)."""
+    from yolo.engine import autocast_dtype, train_step
+    from yolo.model import YOLO
+
+    cfg = Config()
+    cfg.loss = LossConfig(cls_loss=cls_loss)
+    model = YOLO(20).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    run_model = torch.compile(model) if compile_model else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    images, boxes, labels = synthetic_batch(batch, size, 20, device)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    amp_dtype = autocast_dtype(amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    def step():
+        train_step(run_model, images, boxes, labels, optimizer, cfg, cls_loss=cls_loss, scaler=scaler,
+                   amp_dtype=amp_dtype)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = time_iterations(step, device, iters, warmup)
+    median = statistics.median(times)
+    return {"part": "step", "device": str(device), "batch": batch, "size": size, "amp": amp,
+            "channels_last": channels_last, "compile": compile_model, "cls_loss": cls_loss,
+            "median_s": median, "images_per_s": batch / median, "peak_memory_mb": peak_memory_mb(device)}
+
+
+def run_step(args) -> list[dict]:
+    device = torch.device(args.device)
+    rows = []
+    for amp, channels_last, compile_model in itertools.product(args.amp, args.channels_last, args.compile):
+        row = bench_step(device, args.batch, args.size, amp, channels_last == "on", compile_model == "on",
+                         args.iters, args.warmup, args.cls_loss)
+        print(f"step  {row['device']} batch {args.batch} size {args.size} amp={amp} channels_last={channels_last} "
+              f"compile={compile_model}: {row['images_per_s']:.1f} images/s (median {row['median_s'] * 1e3:.0f} ms, "
+              f"peak {row['peak_memory_mb']:.0f} MB)", flush=True)
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data: the training data pipeline alone
+
+
+def run_data(args) -> list[dict]:
+    from yolo.data.loader import measure_loader_throughput
+    from yolo.data.transforms import train_transform
+    from yolo.data.voc import VOCDataset, find_devkit, load_records, read_classes
+
+    root = find_devkit(args.data_root)
+    dataset = VOCDataset(load_records(root, args.data, read_classes(root)), train_transform(args.size))
+    rows = []
+    for workers in args.workers:
+        row = measure_loader_throughput(dataset, args.batch, workers, args.batches, warmup=args.warmup)
+        row.update(part="data", data=args.data, size=args.size, images_in_split=len(dataset))
+        print(f"data  {args.data} ({len(dataset)} images) size {args.size} workers {workers}: "
+              f"{row['images_per_s']:.1f} images/s total, {row['images_per_s_per_worker']:.1f} images/s per "
+              f"worker", flush=True)
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# train: data loader + step, end to end
+
+
+def run_train(args) -> list[dict]:
+    from yolo.engine import autocast_dtype, train_step
+    from yolo.fit import build_loaders, build_optimizer, prepare_data
+    from yolo.model import build_model
+
+    cfg = _config(args)
+    device = local_device(cfg.train.device)
+    root, classes = prepare_data(cfg)
+    loader, _ = build_loaders(cfg, root, classes, 0, 1)
+    model = build_model(cfg.model, len(classes)).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    run_model = torch.compile(model) if cfg.train.compile else model
+    optimizer = build_optimizer(model, cfg.train)
+    amp_dtype = autocast_dtype(cfg.train.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    waits, totals, images = [], [], 0
+    batches = _forever(loader)
+    for i in range(args.warmup + args.steps):
+        tic = time.perf_counter()
+        batch_images, targets = next(batches)
+        loaded = time.perf_counter()
+        x = batch_images.to(device, non_blocking=True)
+        if cfg.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        train_step(run_model, x, targets["boxes_xyxy"].to(device), targets["labels"].to(device), optimizer, cfg,
+                   cls_loss=cfg.loss.cls_loss, scaler=scaler, amp_dtype=amp_dtype)
+        _sync(device)
+        if i >= args.warmup:
+            waits.append(loaded - tic)
+            totals.append(time.perf_counter() - tic)
+            images += x.shape[0]
+    row = {"part": "train", "config": args.config, "device": str(device), "batch": cfg.train.batch_size,
+           "size": cfg.data.img_size, "workers": cfg.data.workers, "amp": cfg.train.amp,
+           "images_per_s": images / sum(totals), "data_wait_fraction": sum(waits) / sum(totals),
+           "peak_memory_mb": peak_memory_mb(device)}
+    print(f"train {args.config} {device} batch {row['batch']} size {row['size']} workers {row['workers']}: "
+          f"{row['images_per_s']:.1f} images/s, waiting for data {100 * row['data_wait_fraction']:.0f}% of the time",
+          flush=True)
+    return [row]
+
+
+def _forever(loader):
+    for epoch in itertools.count():
+        loader.sampler.set_epoch(epoch)
+        yield from loader
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# eval: inference, decoding + NMS, and the metrics of a split
+
+
+def run_eval(args) -> list[dict]:
+    from yolo.checkpoint import load_checkpoint
+    from yolo.data.loader import build_loader
+    from yolo.data.transforms import eval_transform
+    from yolo.data.voc import VOCDataset, load_records
+    from yolo.decode import decode
+    from yolo.engine import autocast_dtype, grid_for, sigmoid_scores, to_detection_records
+    from yolo.fit import model_from_checkpoint, prepare_data
+    from yolo.metrics import evaluate_detections
+    from yolo.model import build_model
+
+    cfg = _config(args)
+    device = local_device(cfg.train.device)
+    root, classes = prepare_data(cfg)
+    split = args.split or cfg.data.test
+    dataset = VOCDataset(load_records(root, split, classes), eval_transform(cfg.data.img_size), keep_difficult=True)
+    loader = build_loader(dataset, cfg.train.batch_size, train=False, num_workers=cfg.data.workers, seed=0)
+    if args.checkpoint:
+        model = model_from_checkpoint(load_checkpoint(args.checkpoint), cfg, device)
+    else:
+        logger.warning("no --checkpoint: timing an untrained model (its detections are few and meaningless)")
+        model = build_model(cfg.model, len(classes)).to(device).eval()
+    amp_dtype = autocast_dtype(cfg.train.amp, device)
+    t = {"inference": 0.0, "decode_nms": 0.0}
+    detections = []
+    with torch.no_grad():
+        for images, targets in loader:
+            tic = time.perf_counter()
+            images = images.to(device)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                preds = model(images)
+            _sync(device)
+            mid = time.perf_counter()
+            grid = grid_for(tuple(images.shape[-2:]), model.strides, device)
+            dets = decode(preds, grid, sigmoid_scores(cfg.loss.cls_loss), cfg.eval.conf_thresh, cfg.eval.nms_iou,
+                          cfg.eval.max_det, cfg.eval.pre_nms_topk)
+            for det, meta in zip(dets, targets["meta"]):
+                detections.extend(to_detection_records(det, meta))
+            t["inference"] += mid - tic
+            t["decode_nms"] += time.perf_counter() - mid
+    tic = time.perf_counter()
+    evaluate_detections(dataset.records, detections, classes, coco_backend=cfg.eval.coco_backend)
+    t["metrics"] = time.perf_counter() - tic
+    row = {"part": "eval", "split": split, "images": len(dataset), "detections": len(detections),
+           "coco_backend": cfg.eval.coco_backend, **{f"{k}_s": v for k, v in t.items()},
+           "images_per_s": len(dataset) / sum(t.values())}
+    print(f"eval  {split} ({len(dataset)} images, {len(detections)} detections) on {device}: inference "
+          f"{t['inference']:.2f} s, decode+NMS {t['decode_nms']:.2f} s, metrics ({cfg.eval.coco_backend}) "
+          f"{t['metrics']:.2f} s: {row['images_per_s']:.1f} images/s", flush=True)
+    return [row]
+
+
+def _config(args):
+    from yolo.config import config_from_args
+    return config_from_args(args)
+
+
+def local_device(name):
+    from yolo.distributed import local_device as resolve
+    return resolve(name)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from yolo.config import add_config_args
+
+    parser = argparse.ArgumentParser(prog="python -m yolo.bench", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--json", metavar="FILE", help="also write the measurements to this JSON file")
+    sub = parser.add_subparsers(dest="part", required=True)
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    step = sub.add_parser("step", help="the training step on synthetic tensors already on the device")
+    step.add_argument("--device", default=default_device)
+    step.add_argument("--batch", type=int, default=8)
+    step.add_argument("--size", type=int, default=416)
+    step.add_argument("--amp", nargs="+", default=["none", "bf16"], choices=["none", "bf16", "fp16"])
+    step.add_argument("--channels-last", nargs="+", default=["off", "on"], choices=["off", "on"])
+    step.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"])
+    step.add_argument("--cls-loss", default="ce")
+    step.add_argument("--iters", type=int, default=10)
+    step.add_argument("--warmup", type=int, default=3)
+
+    data = sub.add_parser("data", help="decode + augment + collate with N workers on real JPEGs")
+    data.add_argument("--data-root", required=True, help="folder holding VOCdevkit (or the devkit itself)")
+    data.add_argument("--data", required=True, help="data spec, e.g. 2012:trainval")
+    data.add_argument("--size", type=int, default=416)
+    data.add_argument("--batch", type=int, default=32)
+    data.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    data.add_argument("--batches", type=int, default=20)
+    data.add_argument("--warmup", type=int, default=3)
+
+    for name, help_text in (("train", "a short real training run: data loader + step"),
+                            ("eval", "inference, decoding + NMS and metrics on a split")):
+        p = sub.add_parser(name, help=help_text)  # the device is the config's --device (train.device)
+        p.add_argument("--steps", type=int, default=20)
+        p.add_argument("--warmup", type=int, default=3)
+        p.add_argument("--split", help="(eval) data spec to score; default: the config's data.test")
+        p.add_argument("--checkpoint", help="(eval) weights to evaluate")
+        add_config_args(p)
+    return parser
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    print(f"machine: {machine()}", flush=True)
+    rows = {"step": run_step, "data": run_data, "train": run_train, "eval": run_eval}[args.part](args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine(), "command": " ".join(sys.argv), "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

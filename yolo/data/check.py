@@ -1,0 +1,153 @@
+"""Dataset audit: statistics and every problem, with file and reason.
+
+    python -m yolo.data.check ../shared/voc-sample                    # every annotation of the devkit
+    python -m yolo.data.check data --split 2007:trainval+2012:trainval --json audit.json
+    python -m yolo.data.check data/shapes --split shapes:train        # statistics of the synthetic set
+
+Reports images, objects, per-class counts, difficult/truncated counts, object sizes, and the problems:
+malformed XML, listed id without XML, missing image, unreadable/corrupted/truncated image, XML size
+disagreeing with the image, unknown class name, malformed object, degenerate or out-of-image box.
+The per-file checks are those of training/evaluation (``yolo.data.voc.parse_annotation`` and
+``decode_image``), which skip or clip instead. Exit status: 0 clean, 1 problems found, 2 bad arguments.
+Dataset files are only read.
+"""
+import argparse
+import json
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from yolo.data.voc import (ACTION_SKIP_IMAGE, ImageDecodeError, Problem, decode_image, find_devkit,
+                           list_annotations, parse_annotations, read_classes)
+
+SIZE_BINS_PX = (0, 8, 16, 32, 64, 128, 256, 512, float("inf"))    # sqrt(box area), pixels
+RELATIVE_BINS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.7, 1.01)              # sqrt(box area / image area)
+
+
+def audit(root, spec: str | None = None, classes=None, decode: bool = True) -> dict:
+    """Scans a devkit (every ``VOC*/Annotations/*.xml``, or the images listed by ``spec``).
+
+    ``decode`` also decodes every image (corrupted/truncated files, decoded size vs XML).
+    Returns a JSON-serialisable report; ``report["problems"]`` lists dicts with ``file``, ``kind``,
+    ``detail`` and ``action`` (what training/evaluation do about it), ``report["clean"]`` is True without any.
+    Raises FileNotFoundError/ValueError for a missing root, split file or bad spec.
+    """
+    devkit = find_devkit(root)
+    classes = read_classes(devkit) if classes is None else tuple(classes)
+    jobs = list_annotations(devkit, spec)
+    records, problems = parse_annotations(jobs, classes, check_image_size=True)
+    if decode:
+        records, decode_problems = _decode_all(records)
+        problems += decode_problems
+    report = {"root": str(devkit), "spec": spec, "annotations": len(jobs), "images": len(records)}
+    report.update(statistics(records, classes))
+    report["problems"] = [{"file": str(p.path), "kind": p.kind, "detail": p.detail, "action": p.action}
+                          for p in problems]
+    report["clean"] = not problems
+    return report
+
+
+def _decode_all(records):
+    """Decodes every image on a thread pool (cv2 releases the GIL); returns (usable records, problems)."""
+    def check(record):
+        try:
+            decode_image(record.image_path, (record.width, record.height))
+        except ImageDecodeError as error:
+            return Problem(record.image_path, error.kind, error.detail, ACTION_SKIP_IMAGE)
+        return None
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        found = list(pool.map(check, records, chunksize=16))
+    return [r for r, p in zip(records, found) if p is None], [p for p in found if p is not None]
+
+
+def statistics(records, classes) -> dict:
+    """Counts per class (objects, difficult, images) and object-size histograms of VOCRecords."""
+    labels = np.concatenate([r.labels for r in records]) if records else np.zeros(0, dtype=np.int64)
+    difficult = np.concatenate([r.difficult for r in records]) if records else np.zeros(0, dtype=bool)
+    truncated = np.concatenate([r.truncated for r in records]) if records else np.zeros(0, dtype=bool)
+    boxes = np.concatenate([r.boxes_xyxy for r in records]) if records else np.zeros((0, 4), np.float32)
+    image_area = np.array([r.width * r.height for r in records for _ in r.labels], dtype=np.float64)
+    side = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+    per_class = {}
+    for k, name in enumerate(classes):
+        per_class[name] = {"objects": int((labels == k).sum()),
+                           "difficult": int(((labels == k) & difficult).sum()),
+                           "images": sum(int((r.labels == k).any()) for r in records)}
+    area = side ** 2
+    return {
+        "classes": list(classes), "objects": int(len(labels)), "difficult": int(difficult.sum()),
+        "truncated": int(truncated.sum()), "per_class": per_class,
+        "images_without_objects": sum(len(r.labels) == 0 for r in records),
+        "objects_per_image": _quantiles([len(r.labels) for r in records]),
+        "object_side_px": _quantiles(side), "object_side_px_histogram": _histogram(side, SIZE_BINS_PX),
+        "object_relative_side_histogram": _histogram(side / np.sqrt(image_area), RELATIVE_BINS),
+        # COCO's size buckets (APs/APm/APl) on the original-image areas.
+        "coco_size_buckets": {"small": int((area < 32 ** 2).sum()),
+                              "medium": int(((area >= 32 ** 2) & (area < 96 ** 2)).sum()),
+                              "large": int((area >= 96 ** 2).sum())},
+        "image_width": _quantiles([r.width for r in records]),
+        "image_height": _quantiles([r.height for r in records]),
+    }
+
+
+def _quantiles(values) -> dict:
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return {}
+    return {name: round(float(v), 1) for name, v in
+            zip(("min", "p10", "median", "p90", "max"), np.percentile(values, [0, 10, 50, 90, 100]))}
+
+
+def _histogram(values, edges) -> dict:
+    counts, _ = np.histogram(np.asarray(values, dtype=np.float64), bins=np.asarray(edges, dtype=np.float64))
+    return {f"[{edges[i]:g}, {edges[i + 1]:g})": int(c) for i, c in enumerate(counts)}
+
+
+def format_report(report: dict) -> str:
+    """Human-readable text of an audit report."""
+    lines = [f"{report['root']} {report['spec'] or '(all annotations)'}: {report['images']} usable images of "
+             f"{report['annotations']} annotations, {report['objects']} objects "
+             f"({report['difficult']} difficult, {report['truncated']} truncated)",
+             f"objects per image: {report['objects_per_image']}",
+             f"image width: {report['image_width']}", f"image height: {report['image_height']}",
+             f"{'class':<18}{'objects':>8}{'share':>8}{'difficult':>10}{'images':>8}"]
+    total = max(report["objects"], 1)
+    for name, counts in report["per_class"].items():
+        lines.append(f"{name:<18}{counts['objects']:>8}{100 * counts['objects'] / total:>7.1f}%"
+                     f"{counts['difficult']:>10}{counts['images']:>8}")
+    lines += [f"object side sqrt(w*h) px: {report['object_side_px']}",
+              f"  histogram: {report['object_side_px_histogram']}",
+              f"object side / image side: {report['object_relative_side_histogram']}",
+              f"COCO size buckets: {report['coco_size_buckets']}"]
+    if report["clean"]:
+        lines.append("no problems found")
+    else:
+        lines.append(f"{len(report['problems'])} problems:")
+        lines += [f"  {p['file']}: {p['kind']}: {p['detail']} ({p['action']})" for p in report["problems"]]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Audit a VOC-format dataset: statistics and every problem.")
+    parser.add_argument("root", help="folder holding VOCdevkit (or VOCdevkit itself)")
+    parser.add_argument("--split", help="data spec, e.g. 2007:trainval+2012:trainval (default: all)")
+    parser.add_argument("--json", help="also write the report to this JSON file")
+    parser.add_argument("--no-decode", action="store_true", help="skip decoding the images (faster)")
+    args = parser.parse_args(argv)
+    try:
+        report = audit(args.root, args.split, decode=not args.no_decode)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    return 0 if report["clean"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

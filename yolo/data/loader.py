@@ -1,0 +1,222 @@
+"""Batching: collate, a resumable/distributed epoch sampler with per-sample augmentation seeds, DataLoader.
+
+Determinism: the sampler yields ``(index, aug_seed)`` keys and ``VOCDataset`` seeds the augmentation of
+that sample with ``aug_seed``, a hash of ``(seed, epoch, index)``. A batch is therefore the same whatever
+the number of workers, with or without persistent workers, and after resuming mid-epoch with ``skip``.
+
+Benchmark (images/s of the training pipeline, per worker)::
+
+    python -m yolo.data.loader --bench --data-root ../shared/voc-sample \
+        --data 2007:trainval+2007:test+2012:trainval --size 416 --workers 0 1 2
+"""
+import argparse
+import itertools
+import logging
+import math
+import multiprocessing
+import os
+import random
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, default_collate
+
+logger = logging.getLogger(__name__)
+
+META_KEYS = ("image_id", "index", "orig_size", "scale", "pad")
+
+
+def collate(batch):
+    """List of ``(image, target)`` -> ``(images, targets)``.
+
+    ``images``: uint8 (N, 3, S, S). ``targets``: ``boxes_xyxy`` float32 (N, Mmax, 4) zero-padded,
+    ``labels`` int64 (N, Mmax) padded with -1, ``meta``: list of N dicts with ``image_id``, ``index``,
+    ``orig_size``, ``scale``, ``pad``. Mmax is the largest object count rounded up to a multiple of 8
+    (at least 8), so that a compiled model sees few distinct shapes.
+    """
+    # default_collate stacks straight into shared memory when run in a worker: no extra copy to send.
+    images = default_collate([image for image, _ in batch])
+    counts = [len(target["labels"]) for _, target in batch]
+    max_objects = max(8, 8 * math.ceil(max(counts, default=0) / 8))
+    boxes = torch.zeros(len(batch), max_objects, 4, dtype=torch.float32)
+    labels = torch.full((len(batch), max_objects), -1, dtype=torch.int64)
+    for i, (_, target) in enumerate(batch):
+        boxes[i, :counts[i]] = target["boxes_xyxy"]
+        labels[i, :counts[i]] = target["labels"]
+    meta = [{key: target[key] for key in META_KEYS} for _, target in batch]
+    return images, {"boxes_xyxy": boxes, "labels": labels, "meta": meta}
+
+
+def aug_seeds(seed: int, epoch: int, indices: np.ndarray) -> np.ndarray:
+    """(N,) int64 augmentation seeds, a hash (splitmix64 finaliser) of ``(seed, epoch, index)``."""
+    with np.errstate(over="ignore"):
+        x = (np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+             + np.uint64(epoch) * np.uint64(0xBF58476D1CE4E5B9)
+             + np.asarray(indices, dtype=np.uint64) * np.uint64(0x94D049BB133111EB))
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return (x >> np.uint64(1)).astype(np.int64)    # 63 bits: a valid non-negative seed everywhere
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields ``(index, aug_seed)``; the order is a function of ``(seed, epoch)`` only.
+
+    Distributed: each of ``world_size`` ranks gets a disjoint, equal-size shard (``rank::world_size`` of
+    the epoch order), padded by repeating the start of the order (or truncated with ``drop_last``),
+    like ``torch.utils.data.DistributedSampler``. ``set_epoch(epoch)`` starts an epoch; ``skip(n)``
+    drops the first ``n`` samples of this rank's shard for the current epoch (resume mid-epoch).
+    """
+
+    def __init__(self, num_samples: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1,
+                 drop_last: bool = False):
+        if num_samples < 1 or seed < 0 or not 0 <= rank < world_size:
+            raise ValueError(f"need num_samples >= 1, seed >= 0 and 0 <= rank < world_size; "
+                             f"got {num_samples}, {seed}, {rank}, {world_size}")
+        self.num_samples, self.shuffle, self.seed = num_samples, shuffle, seed
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.epoch, self.skipped = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.skipped = epoch, 0
+
+    def skip(self, num_samples: int) -> None:
+        self.skipped = num_samples
+
+    def shard_size(self) -> int:
+        """Samples per rank per epoch, before ``skip``."""
+        if self.drop_last:
+            return self.num_samples // self.world_size
+        return math.ceil(self.num_samples / self.world_size)
+
+    def __len__(self) -> int:
+        return max(self.shard_size() - self.skipped, 0)
+
+    def indices(self) -> np.ndarray:
+        """This rank's indices for the current epoch, after ``skip``."""
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_samples)
+        else:
+            order = np.arange(self.num_samples)
+        total = self.shard_size() * self.world_size
+        order = np.resize(order, total)    # repeats the start when padding, truncates with drop_last
+        return order[self.rank::self.world_size][self.skipped:]
+
+    def __iter__(self):
+        indices = self.indices()
+        seeds = aug_seeds(self.seed, self.epoch, indices)
+        return iter(zip(indices.tolist(), seeds.tolist()))
+
+
+def _worker_init(worker_id: int) -> None:
+    # One process per core: OpenCV's own thread pool would only oversubscribe the CPU.
+    cv2.setNumThreads(0)
+    worker_seed = torch.initial_seed() % 2**32
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)
+
+
+def build_loader(dataset, batch_size: int, *, train: bool, num_workers: int, seed: int, rank: int = 0,
+                 world_size: int = 1, pin_memory=None, prefetch_factor: int = 4) -> DataLoader:
+    """DataLoader over ``dataset`` with an :class:`EpochSampler` and :func:`collate`.
+
+    Training shuffles and drops the last incomplete batch; evaluation keeps the order and every sample
+    (with ``world_size`` > 1 the shards are padded by repetition: deduplicate results by ``meta["index"]``).
+    Workers are persistent; ``pin_memory`` defaults to ``torch.cuda.is_available()``. The sampler is
+    ``loader.sampler``: call ``loader.sampler.set_epoch(epoch)`` before each epoch (and ``skip`` to resume).
+    """
+    sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size)
+    workers = num_workers > 0
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, drop_last=train,
+        num_workers=num_workers, persistent_workers=workers,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        prefetch_factor=prefetch_factor if workers else None,
+        worker_init_fn=_worker_init if workers else None,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def measure_loader_throughput(dataset, batch_size: int, num_workers: int, num_batches: int,
+                              warmup: int = 2) -> dict:
+    """Images/s of ``build_loader(dataset, train=True)`` over ``num_batches`` after ``warmup`` batches.
+
+    Cycles epochs as needed. With ``num_workers=0`` the work runs in this process with OpenCV limited to
+    one thread, so ``images_per_s_per_worker`` is per core in every case. ``images_per_cpu_s`` divides by
+    the CPU time the loading processes (the workers, or this process) actually got, which stays meaningful
+    on a machine shared with other jobs (None where ``/proc`` is unavailable).
+    """
+    loader = build_loader(dataset, batch_size, train=True, num_workers=num_workers, seed=0, pin_memory=False)
+    previous_threads = cv2.getNumThreads()
+    if num_workers == 0:
+        cv2.setNumThreads(0)
+    try:
+        batches = _cycle(loader)
+        for _ in range(warmup):
+            next(batches)
+        pids = [os.getpid()] if num_workers == 0 else [p.pid for p in multiprocessing.active_children()]
+        cpu_start, start = _cpu_seconds(pids), time.perf_counter()
+        images = sum(len(next(batches)[0]) for _ in range(num_batches))
+        seconds, cpu_end = time.perf_counter() - start, _cpu_seconds(pids)
+    finally:
+        cv2.setNumThreads(previous_threads)
+        del loader    # shuts the persistent workers down
+    per_s = images / seconds
+    cpu_seconds = None if cpu_start is None or cpu_end is None else cpu_end - cpu_start
+    return {"num_workers": num_workers, "batch_size": batch_size, "images": images, "seconds": seconds,
+            "images_per_s": per_s, "images_per_s_per_worker": per_s / max(num_workers, 1),
+            "cpu_seconds": cpu_seconds, "images_per_cpu_s": images / cpu_seconds if cpu_seconds else None}
+
+
+def _cpu_seconds(pids) -> float | None:
+    """Total user + system CPU time of live processes, from Linux ``/proc``; None elsewhere."""
+    total = 0.0
+    try:
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime, stime
+    except (OSError, ValueError, IndexError):
+        return None
+    return total
+
+
+def _cycle(loader):
+    for epoch in itertools.count():
+        loader.sampler.set_epoch(epoch)
+        yield from loader
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Benchmark the training data pipeline (images/s per worker)")
+    parser.add_argument("--bench", action="store_true", required=True, help="run the throughput benchmark")
+    parser.add_argument("--data-root", required=True, help="folder holding VOCdevkit (or VOCdevkit itself)")
+    parser.add_argument("--data", required=True, help="data spec, e.g. 2007:trainval+2012:trainval")
+    parser.add_argument("--size", type=int, default=416)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    from yolo.data.transforms import train_transform
+    from yolo.data.voc import VOCDataset, load_records
+    dataset = VOCDataset(load_records(args.data_root, args.data), train_transform(args.size))
+    torch.set_num_threads(1)
+    print(f"train pipeline {args.size}x{args.size}, {len(dataset)} images, batch {args.batch_size}, "
+          f"{args.batches} timed batches after {args.warmup} warm-up")
+    for workers in args.workers:
+        result = measure_loader_throughput(dataset, args.batch_size, workers, args.batches, args.warmup)
+        cpu = result["images_per_cpu_s"]
+        print(f"workers={workers}: {result['images_per_s']:.0f} images/s total, "
+              f"{result['images_per_s_per_worker']:.0f} images/s per worker"
+              + (f", {cpu:.0f} images per CPU-second of the loading processes" if cpu else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

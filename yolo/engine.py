@@ -1,0 +1,252 @@
+"""Training and evaluation: plain functions, no trainer class and no callbacks.
+
+``train_one_epoch`` runs the step (forward, target assignment, every loss term, backward, optimiser) with no host
+synchronisation except every ``log_every`` steps, when the accumulated loss terms are read once, logged and
+checked for non-finite values. ``evaluate`` decodes, maps boxes back to the original images and scores them.
+``fit`` (in ``yolo.fit``) puts them together.
+"""
+import functools
+import logging
+import math
+import random
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from yolo.data.transforms import to_original
+from yolo.decode import decode
+from yolo.distributed import gather_objects
+from yolo.losses import SIGMOID_CLS_LOSSES, detection_loss
+from yolo.metrics import detections_from_xyxy, evaluate_detections
+from yolo.targets import assign_targets, make_grid
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; the message holds every term."""
+
+
+class ModelEMA:
+    """Exponential moving average of the weights (and buffers), with the decay ramped up over the first updates
+    as in timm / ultralytics: decay_t = decay * (1 - exp(-t / 2000)). Updated on the device without syncing."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        import copy
+        self.module = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
+        self.decay, self.updates = decay, 0
+
+    @torch.no_grad()
+    def update(self, model):
+        self.updates += 1
+        decay = self.decay * (1 - math.exp(-self.updates / 2000))
+        ema = [t for t in self.module.state_dict().values() if t.dtype.is_floating_point]
+        new = [t for t in unwrap(model).state_dict().values() if t.dtype.is_floating_point]
+        torch._foreach_lerp_(ema, new, 1 - decay)
+
+    def state_dict(self):
+        return {"module": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state):
+        self.module.load_state_dict(state["module"])
+        self.updates = state["updates"]
+
+
+def unwrap(model):
+    """The plain module behind DDP and torch.compile wrappers."""
+    if isinstance(model, DistributedDataParallel):
+        model = model.module
+    return getattr(model, "_orig_mod", model)
+
+
+@functools.lru_cache(maxsize=16)
+def grid_for(image_hw: tuple[int, int], strides: tuple[int, ...], device: torch.device):
+    return make_grid(image_hw, strides, device)
+
+
+def autocast_dtype(amp: str, device: torch.device):
+    """None (full precision) or the autocast dtype of ``train.amp``; ``auto`` is bf16 on CUDA and off on CPU."""
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
+
+
+def cls_loss_for_epoch(cfg, epoch: int) -> str:
+    """Cross-entropy during ``cls_loss_warmup_epochs``, the configured classification loss afterwards."""
+    return "ce" if epoch < cfg.loss.cls_loss_warmup_epochs else cfg.loss.cls_loss
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# training
+
+
+def _to_device(images, targets, device, channels_last: bool):
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    boxes = targets["boxes_xyxy"].to(device, non_blocking=True)
+    labels = targets["labels"].to(device, non_blocking=True)
+    return images, boxes, labels
+
+
+def _rescale(images, boxes, size: int):
+    """Multi-scale training: resize a batch on the device (one size per batch) and its boxes with it."""
+    if size == images.shape[-1]:
+        return images, boxes
+    scale = size / images.shape[-1]
+    images = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False)
+    return images, boxes * scale
+
+
+def train_step(model, images, boxes, labels, optimizer, cfg, *, cls_loss: str, scaler, amp_dtype):
+    """One optimisation step; returns (loss terms, gradient norm) as device tensors (nothing is synced)."""
+    image_hw = tuple(images.shape[-2:])
+    grid = grid_for(image_hw, unwrap(model).strides, images.device)
+    with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        preds = model(images)                                                       # (N, A, 1 + C + 4)
+    targets = assign_targets(boxes, labels, grid, image_hw, cfg.model.level_thresholds)
+    terms = detection_loss(preds, targets, grid, cfg.loss, cls_loss=cls_loss)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(terms["total"]).backward()
+    scaler.unscale_(optimizer)
+    max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    return terms, grad_norm
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, cfg, epoch: int, *, device, scaler, amp_dtype=None,
+                    ema=None, writer=None, progress=None, stop=None, start_step: int = 0) -> dict:
+    """Train for one epoch (from batch ``start_step`` when resuming mid-epoch).
+
+    Returns ``{"terms": {name: mean}, "steps": steps done, "images", "seconds", "interrupted": bool}``.
+    Raises ``NonFiniteLoss``.
+    ``stop`` is an object whose ``requested`` attribute a signal handler sets: the epoch then ends after the
+    current step so the caller can save a checkpoint.
+    """
+    model.train()
+    cls_loss = cls_loss_for_epoch(cfg, epoch)
+    steps_per_epoch = len(loader) + start_step
+    sums, count, seen, tic = None, 0, 0, time.perf_counter()
+    epoch_start, epoch_images = tic, 0
+    epoch_sums, epoch_count = None, 0
+    step = start_step
+    for step, (images, targets) in enumerate(loader, start=start_step):
+        global_step = epoch * steps_per_epoch + step
+        images, boxes, labels = _to_device(images, targets, device, cfg.train.channels_last)
+        if cfg.data.multiscale:
+            size = random.Random(cfg.train.seed * 1_000_003 + global_step).choice(cfg.data.multiscale)
+            images, boxes = _rescale(images, boxes, size)
+        terms, grad_norm = train_step(model, images, boxes, labels, optimizer, cfg, cls_loss=cls_loss,
+                                      scaler=scaler, amp_dtype=amp_dtype)
+        scheduler.step()
+        if ema is not None:
+            ema.update(model)
+        values = torch.stack([t.detach() for t in terms.values()] + [grad_norm.detach().float()])
+        sums = values if sums is None else sums + values
+        count, seen, epoch_images = count + 1, seen + images.shape[0], epoch_images + images.shape[0]
+        last = step + 1 == steps_per_epoch or (stop is not None and stop.requested)
+        if count == cfg.train.log_every or last:
+            means = _check_and_log(sums / count, list(terms), epoch, step, global_step, optimizer,
+                                   seen / (time.perf_counter() - tic), writer, progress)
+            epoch_sums = sums if epoch_sums is None else epoch_sums + sums
+            epoch_count += count
+            sums, count, seen, tic = None, 0, 0, time.perf_counter()
+        if progress is not None:
+            progress.update(1)
+        if stop is not None and stop.requested:
+            break
+    names = list(terms) if epoch_count else []
+    epoch_means = (epoch_sums / epoch_count).tolist() if epoch_count else []
+    return {"terms": dict(zip(names, epoch_means)), "steps": step + 1, "images": epoch_images,
+            "seconds": time.perf_counter() - epoch_start,
+            "interrupted": bool(stop is not None and stop.requested and step + 1 < steps_per_epoch)}
+
+
+def _check_and_log(means, names, epoch, step, global_step, optimizer, images_per_s, writer, progress) -> dict:
+    """The one host sync of a logging interval: read the mean terms, stop on non-finite values, log them."""
+    values = dict(zip(names + ["grad_norm"], means.tolist()))
+    if not all(math.isfinite(v) for k, v in values.items() if k != "grad_norm"):
+        terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+        raise NonFiniteLoss(f"non-finite loss at epoch {epoch} step {step}: {terms}. The run stopped; the last "
+                            f"checkpoint on disk is the last good one.")
+    lr = optimizer.param_groups[0]["lr"]
+    if writer is not None:
+        for name, value in values.items():
+            writer.add_scalar(f"train/{name}" if name != "grad_norm" else "train/grad_norm", value, global_step)
+        writer.add_scalar("train/lr", lr, global_step)
+        writer.add_scalar("train/images_per_s", images_per_s, global_step)
+    if progress is not None:
+        progress.set_postfix(loss=f"{values['total']:.3f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.1f}")
+    logger.debug("epoch %d step %d %s", epoch, step, values)
+    return values
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# evaluation
+
+
+@torch.no_grad()
+def predict(model, images, cfg, *, sigmoid_cls: bool, amp_dtype=None) -> list[dict]:
+    """Detections (network-input pixels) of a batch of uint8 images already on the model's device."""
+    image_hw = tuple(images.shape[-2:])
+    grid = grid_for(image_hw, unwrap(model).strides, images.device)
+    with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        preds = model(images)
+    e = cfg.eval
+    return decode(preds, grid, sigmoid_cls, e.conf_thresh, e.nms_iou, e.max_det, e.pre_nms_topk)
+
+
+def to_detection_records(dets: dict, meta: dict) -> list[dict]:
+    """One image's detections in the external JSON format: original-image annotation coordinates (see
+    ``yolo.boxes``), ``bbox`` = [x, y, w, h] with x1 = x, x2 = x + w, 1-based ``category_id``."""
+    boxes = to_original(dets["boxes_xyxy"].float().cpu(), meta["scale"], meta["pad"], meta["orig_size"])
+    return detections_from_xyxy(meta["image_id"], boxes.numpy(), dets["scores"].float().cpu().numpy(),
+                                dets["labels"].cpu().numpy())
+
+
+def run_inference(model, loader, cfg, *, device, sigmoid_cls: bool, amp_dtype=None, on_batch=None) -> list[dict]:
+    """Detections of every image of ``loader`` on every rank (duplicates of padded shards removed).
+
+    ``on_batch(images, targets, dets)`` sees each batch (used to draw a few images for TensorBoard).
+    """
+    model.eval()
+    per_image = {}
+    for images, targets in loader:
+        images = images.to(device, non_blocking=True)
+        if cfg.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        dets = predict(model, images, cfg, sigmoid_cls=sigmoid_cls, amp_dtype=amp_dtype)
+        if on_batch is not None:
+            on_batch(images, targets, dets)
+        for det, meta in zip(dets, targets["meta"]):
+            per_image[meta["index"]] = to_detection_records(det, meta)
+    merged = {}
+    for part in gather_objects(per_image):
+        merged.update(part)
+    return [d for index in sorted(merged) for d in merged[index]]
+
+
+def evaluate(model, loader, classes, cfg, *, device, sigmoid_cls: bool, amp_dtype=None, on_batch=None):
+    """Score a model on the split of ``loader``: returns (metrics dict, PR curves, detections list).
+
+    Metrics: VOC07 11-point and all-point mAP@0.5 and COCO-style AP via ``yolo.metrics.evaluate_detections``
+    (on every rank; rank 0 reports them).
+    """
+    tic = time.perf_counter()
+    detections = run_inference(model, loader, cfg, device=device, sigmoid_cls=sigmoid_cls, amp_dtype=amp_dtype,
+                               on_batch=on_batch)
+    inference_s = time.perf_counter() - tic
+    results, pr_curves = evaluate_detections(loader.dataset.records, detections, classes,
+                                             coco_backend=cfg.eval.coco_backend)
+    logger.info("evaluated %d images in %.1f s (inference %.1f s)", len(loader.dataset.records),
+                time.perf_counter() - tic, inference_s)
+    return results, pr_curves, detections
+
+
+def sigmoid_scores(cls_loss: str) -> bool:
+    """Whether a classification loss is scored with per-class sigmoids at inference."""
+    return cls_loss in SIGMOID_CLS_LOSSES

@@ -1,0 +1,320 @@
+"""A whole training run: data, model, optimiser, the epoch loop, evaluation, checkpoints and TensorBoard.
+
+``fit(cfg)`` is what ``train.py`` calls and what the ablation runner calls for every variant and seed.
+"""
+import json
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from yolo import distributed
+from yolo.checkpoint import atomic_save, load_checkpoint, rng_state, seed_everything, set_rng_state
+from yolo.config import save_yaml
+from yolo.data.loader import build_loader
+from yolo.data.shapes import ensure_shapes
+from yolo.data.transforms import eval_transform, train_transform
+from yolo.data.voc import VOCDataset, load_records, read_classes
+from yolo.engine import (ModelEMA, autocast_dtype, cls_loss_for_epoch, evaluate, sigmoid_scores,
+                         train_one_epoch, unwrap)
+from yolo.model import build_model
+
+logger = logging.getLogger(__name__)
+
+NO_DATA_HELP = """no PASCAL VOC data at {root}.
+  * Download it (about 2.8 GB):   python data/download_voc.py --root data/
+    (then data/VOCdevkit/VOC2007 and VOC2012 exist; or point --root at your own devkit folder)
+  * Or train on the embedded synthetic dataset, generated on first use (no download):
+        python train.py --config configs/shapes.yaml"""
+
+
+class StopRequest:
+    """Set by SIGTERM / SIGINT: the loop finishes its step, saves a checkpoint and exits cleanly."""
+
+    def __init__(self):
+        self.requested = False
+
+    def install(self):
+        def handler(signum, frame):
+            logger.warning("received %s: saving a checkpoint at the end of this step, then stopping",
+                           signal.Signals(signum).name)
+            self.requested = True
+            signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, handler)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# set-up
+
+
+def prepare_data(cfg) -> tuple[Path, tuple]:
+    """The devkit root and class list of ``cfg.data``; the synthetic set is generated on first use."""
+    root = Path(cfg.data.root)
+    if cfg.data.dataset == "shapes":
+        d = cfg.data
+        if distributed.is_main():
+            ensure_shapes(root.parent, seed=d.shapes_seed, num_train=d.shapes_train, num_val=d.shapes_val,
+                          num_test=d.shapes_test, image_size=d.shapes_size)
+        distributed.barrier()
+    elif not root.is_dir():
+        raise FileNotFoundError(NO_DATA_HELP.format(root=root))
+    return root, read_classes(root)
+
+
+def build_loaders(cfg, root, classes, rank: int, world_size: int):
+    """(train loader, val loader); the batch size is global, split over the processes."""
+    if cfg.train.batch_size % world_size:
+        raise ValueError(f"train.batch_size {cfg.train.batch_size} is not divisible by {world_size} processes")
+    per_process = cfg.train.batch_size // world_size
+    d = cfg.data
+    augment = train_transform(d.img_size, zoom_out_max=d.zoom_out_max, zoom_out_p=d.zoom_out_p,
+                              photometric_p=d.photometric_p, hflip_p=d.hflip_p)
+    train_set = VOCDataset(load_records(root, d.train, classes), augment, keep_difficult=d.train_difficult)
+    val_set = VOCDataset(load_records(root, cfg.data.val, classes),
+                         eval_transform(cfg.data.img_size, cfg.data.eval_resize), keep_difficult=True)
+    common = dict(num_workers=cfg.data.workers, seed=cfg.train.seed, rank=rank, world_size=world_size)
+    return (build_loader(train_set, per_process, train=True, **common),
+            build_loader(val_set, per_process, train=False, **common))
+
+
+def build_optimizer(model, tcfg) -> torch.optim.Optimizer:
+    """SGD (or AdamW); no weight decay on biases and normalisation weights (they are 1-D)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if tcfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=tcfg.lr, momentum=tcfg.momentum, nesterov=False)
+    return torch.optim.AdamW(groups, lr=tcfg.lr)
+
+
+def lr_factor(step: int, steps_per_epoch: int, tcfg) -> float:
+    """Learning-rate multiplier at a global step: linear warm-up over ``warmup_epochs``, then step decay by
+    ``lr_gamma`` at each epoch of ``lr_steps`` (or a cosine to zero over ``epochs``)."""
+    warmup_steps = tcfg.warmup_epochs * steps_per_epoch
+    if step < warmup_steps:
+        return 0.001 + 0.999 * step / warmup_steps
+    epoch = step / steps_per_epoch
+    if tcfg.scheduler == "cosine":
+        progress = (step - warmup_steps) / max(1.0, tcfg.epochs * steps_per_epoch - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return tcfg.lr_gamma ** sum(epoch >= milestone for milestone in tcfg.lr_steps)
+
+
+def setup_logging(run_dir: Path):
+    """Console and a plain ``train.log`` in the run folder (rank 0 only)."""
+    pkg = logging.getLogger("yolo")
+    pkg.setLevel(logging.INFO)
+    log_file = str((run_dir / "train.log").resolve())
+    if not any(getattr(h, "baseFilename", None) == log_file for h in pkg.handlers):
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        pkg.addHandler(handler)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the run
+
+
+def fit(cfg, resume: str | None = None, progress: bool = True) -> dict:
+    """Train ``cfg`` to the end (or resume ``resume``); returns the last evaluation's metrics.
+
+    Writes into ``cfg.run_dir``: ``config.yaml``, ``train.log``, ``last.pt`` (every epoch), ``best.pt`` (best
+    val VOC07 mAP), ``results.json`` (final metrics) and the TensorBoard events (or into ``cfg.logdir``).
+    """
+    device = distributed.local_device(cfg.train.device)
+    rank, world_size = distributed.init_distributed(device)
+    run_dir = cfg.run_dir
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        setup_logging(run_dir)
+        save_yaml(cfg, run_dir / "config.yaml")
+    seed_everything(cfg.train.seed + rank)
+    root, classes = prepare_data(cfg)
+    train_loader, val_loader = build_loaders(cfg, root, classes, rank, world_size)
+
+    model = build_model(cfg.model, len(classes)).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg.train)
+    steps_per_epoch = len(train_loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, cfg.train))
+    amp_dtype = autocast_dtype(cfg.train.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    ema = ModelEMA(model, cfg.train.ema_decay) if cfg.train.ema else None
+    state = {"epoch": 0, "step_in_epoch": 0, "best": -1.0, "metrics": None}
+    if resume:
+        state = _restore(load_checkpoint(resume), model, optimizer, scheduler, scaler, ema)
+        logger.info("resumed %s at epoch %d step %d", resume, state["epoch"], state["step_in_epoch"])
+    train_model = _wrap(model, cfg, device, world_size)
+
+    writer = _open_writer(cfg) if rank == 0 else None
+    stop = StopRequest()
+    stop.install()
+    parts = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema, cfg=cfg,
+                 classes=classes, steps_per_epoch=steps_per_epoch)
+    try:
+        state = _epochs(train_model, train_loader, val_loader, parts, state, device, amp_dtype, writer, stop,
+                        progress and rank == 0)
+        if rank == 0 and not stop.requested and state["metrics"] is not None:
+            _write_results(run_dir, cfg, state["metrics"], writer)
+    finally:
+        if writer is not None:
+            writer.close()
+        distributed.cleanup()
+    return state["metrics"] or {}
+
+
+def _wrap(model, cfg, device, world_size):
+    """The module the training loop calls: torch.compile and DDP wrappers around the plain model."""
+    train_model = torch.compile(model) if cfg.train.compile else model
+    if world_size > 1:
+        train_model = DistributedDataParallel(train_model, device_ids=[device.index] if device.type == "cuda"
+                                              else None)
+    return train_model
+
+
+def _open_writer(cfg):
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(log_dir=str(cfg.logdir or cfg.run_dir))
+
+
+def _epochs(train_model, train_loader, val_loader, parts, state, device, amp_dtype, writer, stop, progress):
+    cfg = parts["cfg"]
+    for epoch in range(state["epoch"], cfg.train.epochs):
+        start_step = state["step_in_epoch"]
+        train_loader.sampler.set_epoch(epoch)
+        train_loader.sampler.skip(start_step * train_loader.batch_size)
+        bar = _progress_bar(len(train_loader), epoch, cfg.train.epochs) if progress else None
+        try:
+            out = train_one_epoch(train_model, train_loader, parts["optimizer"], parts["scheduler"], cfg, epoch,
+                                  device=device, scaler=parts["scaler"], amp_dtype=amp_dtype, ema=parts["ema"],
+                                  writer=writer, progress=bar, stop=stop, start_step=start_step)
+        finally:
+            if bar is not None:
+                bar.close()
+        done = not out["interrupted"]
+        logger.info("epoch %d/%d: %s (%.0f s, %.1f images/s)", epoch + 1, cfg.train.epochs,
+                    " ".join(f"{k}={v:.4f}" for k, v in out["terms"].items()), out["seconds"],
+                    out["images"] / max(out["seconds"], 1e-9))
+        state.update(epoch=epoch + 1 if done else epoch, step_in_epoch=0 if done else out["steps"])
+        if done and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs):
+            global_step = (epoch + 1) * parts["steps_per_epoch"]
+            state["metrics"] = _evaluate(parts, val_loader, epoch, global_step, device, amp_dtype, writer)
+            if state["metrics"]["voc07_map50"] is not None and state["metrics"]["voc07_map50"] > state["best"]:
+                state["best"] = state["metrics"]["voc07_map50"]
+                _save(parts, state, "best.pt")
+        _save(parts, state, "last.pt")
+        if stop.requested:
+            logger.warning("stopped at epoch %d step %d; resume with --resume %s", state["epoch"],
+                           state["step_in_epoch"], cfg.run_dir / "last.pt")
+            break
+    return state
+
+
+def _progress_bar(total, epoch, epochs):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
+
+
+def _evaluate(parts, val_loader, epoch, step, device, amp_dtype, writer) -> dict:
+    from yolo.metrics import format_results
+    from yolo.summary import image_collector, log_evaluation
+    cfg = parts["cfg"]
+    eval_model = parts["ema"].module if parts["ema"] is not None else parts["model"]
+    drawn, on_batch = image_collector(parts["classes"])
+    results, pr_curves, _ = evaluate(eval_model, val_loader, parts["classes"], cfg, device=device,
+                                     sigmoid_cls=sigmoid_scores(cls_loss_for_epoch(cfg, epoch)),
+                                     amp_dtype=amp_dtype, on_batch=on_batch if writer is not None else None)
+    if distributed.is_main():
+        logger.info("epoch %d: VOC07 mAP@0.5 %.4f, COCO AP %.4f\n%s", epoch + 1, results["voc07_map50"] or 0.0,
+                    results["coco_ap"] or 0.0, format_results(results, parts["classes"]))
+    if writer is not None:
+        log_evaluation(writer, results, pr_curves, step)
+        if drawn:
+            writer.add_images("val/predictions", torch.stack(drawn), step)
+    return results
+
+
+def _save(parts, state, name):
+    if not distributed.is_main():
+        return
+    ckpt = {
+        "model": parts["model"].state_dict(),
+        "ema": parts["ema"].state_dict() if parts["ema"] is not None else None,
+        "optimizer": parts["optimizer"].state_dict(),
+        "scheduler": parts["scheduler"].state_dict(),
+        "scaler": parts["scaler"].state_dict(),
+        "config": parts["cfg"].to_dict(),
+        "classes": list(parts["classes"]),
+        "rng": rng_state(),
+        **state,
+    }
+    atomic_save(ckpt, parts["cfg"].run_dir / name)
+
+
+def _restore(ckpt, model, optimizer, scheduler, scaler, ema) -> dict:
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    scaler.load_state_dict(ckpt["scaler"])
+    if ema is not None:
+        if ckpt["ema"] is None:
+            raise ValueError("the checkpoint has no EMA weights but train.ema is on; resume with --ema false")
+        ema.load_state_dict(ckpt["ema"])
+    set_rng_state(ckpt["rng"])
+    return {k: ckpt[k] for k in ("epoch", "step_in_epoch", "best", "metrics")}
+
+
+def _write_results(run_dir, cfg, metrics, writer):
+    from yolo.summary import log_hparams
+    (run_dir / "results.json").write_text(json.dumps({"config": cfg.to_dict(), "val": metrics}, indent=1))
+    if writer is not None:
+        log_hparams(writer, cfg.to_dict(), metrics)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# evaluating a checkpoint
+
+
+def model_from_checkpoint(ckpt: dict, cfg, device, weights: str = "auto"):
+    """The detector stored in a checkpoint: its EMA weights when it has them (``weights='auto'``), else the
+    trained weights; ``weights`` may force ``ema`` or ``model``."""
+    model = build_model(_no_download(cfg.model), len(ckpt["classes"]))
+    use_ema = weights == "ema" or (weights == "auto" and ckpt.get("ema") is not None)
+    if use_ema and ckpt.get("ema") is None:
+        raise ValueError("--weights ema: this checkpoint has no EMA weights")
+    model.load_state_dict(ckpt["ema"]["module"] if use_ema else ckpt["model"])
+    model = model.to(device).eval()
+    return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
+
+
+def _no_download(model_cfg):
+    """A copy of the model config that builds an uninitialised backbone: the checkpoint holds the weights."""
+    import dataclasses
+    return dataclasses.replace(model_cfg, pretrained="none")
+
+
+def evaluate_checkpoint(ckpt: dict, cfg, split: str, weights: str = "auto"):
+    """Score a checkpoint on ``split`` of ``cfg.data.root``: returns (results, pr_curves, detections)."""
+    device = distributed.local_device(cfg.train.device)
+    root, classes = prepare_data(cfg)
+    if tuple(classes) != tuple(ckpt["classes"]):
+        raise ValueError(f"the dataset at {root} has classes {list(classes)[:4]}..., the checkpoint was trained "
+                         f"on {ckpt['classes'][:4]}...")
+    dataset = VOCDataset(load_records(root, split, classes), eval_transform(cfg.data.img_size,
+                                                                             cfg.data.eval_resize),
+                         keep_difficult=True)
+    loader = build_loader(dataset, cfg.train.batch_size, train=False, num_workers=cfg.data.workers,
+                          seed=cfg.train.seed)
+    model = model_from_checkpoint(ckpt, cfg, device, weights)
+    trained_epoch = max(ckpt.get("epoch", 1) - 1, 0)  # the head was last trained with this epoch's loss
+    return evaluate(model, loader, classes, cfg, device=device,
+                    sigmoid_cls=sigmoid_scores(cls_loss_for_epoch(cfg, trained_epoch)),
+                    amp_dtype=autocast_dtype(cfg.train.amp, device))
