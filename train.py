@@ -6,7 +6,8 @@
     python train.py --resume runs/focal/last.pt
     torchrun --nproc_per_node=4 train.py --config configs/voc.yaml
 
-Every config field has a flag (python train.py --help); results go to runs/NAME/ (TensorBoard: tensorboard --logdir runs).
+Every config field has a flag (python train.py --help); results go to runs/NAME/
+(TensorBoard: tensorboard --logdir runs).
 """
 import argparse
 import json

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from yolo.data.loader import EpochSampler, aug_seeds, build_loader, collate, measure_loader_throughput
+from yolo.data.loader import (
+    EpochSampler, aug_seeds, build_loader, collate, measure_loader_throughput, measure_sample_costs)
 from yolo.data.shapes import generate
 from yolo.data.transforms import train_transform
 from yolo.data.voc import VOCDataset, load_records
@@ -120,3 +121,9 @@ def test_measure_loader_throughput_counts_images(dataset):
     if Path("/proc/self/stat").exists():
         assert result["cpu_seconds"] > 0
         assert result["images_per_cpu_s"] == pytest.approx(20 / result["cpu_seconds"])
+
+
+def test_measure_sample_costs_reports_each_stage(dataset):
+    costs = measure_sample_costs(dataset, num_images=4, passes=1)
+    assert set(costs) == {"decode_ms", "augment_ms", "sample_ms"}
+    assert all(0 < value < 1e3 for value in costs.values())

@@ -126,7 +126,7 @@ def test_objects_are_drawn_in_their_class_colour():
     assert checked >= 10
 
 
-def test_ensure_shapes_reuses_regenerates_and_protects(tmp_path, monkeypatch):
+def test_ensure_shapes_reuses_regenerates_and_protects(tmp_path):
     devkit = ensure_shapes(tmp_path, **SMALL)
     marker = devkit / "VOCshapes" / "JPEGImages" / "000001.jpg"
     inode = marker.stat().st_ino

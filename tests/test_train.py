@@ -1,5 +1,6 @@
 """Training end to end on a tiny synthetic set: exact resume, interruption, non-finite loss, the CLIs."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -25,9 +26,12 @@ def _assert_same_weights(a, b):
         assert torch.equal(a[key], b[key]), key
 
 
-def test_two_epochs_equal_one_epoch_then_resume(tiny_config, tmp_path):
+@pytest.mark.parametrize("ema", [False, True])
+def test_two_epochs_equal_one_epoch_then_resume(tiny_config, ema):
+    tiny_config.train.ema = ema
     fit(tiny_config, progress=False)
     straight = _weights(tiny_config.run_dir / "last.pt")
+    straight_ema = load_checkpoint(tiny_config.run_dir / "last.pt")["ema"]
 
     tiny_config.name, tiny_config.train.epochs = "split", 1
     fit(tiny_config, progress=False)
@@ -35,25 +39,52 @@ def test_two_epochs_equal_one_epoch_then_resume(tiny_config, tmp_path):
     tiny_config.train.epochs = 2
     fit(tiny_config, resume=str(tiny_config.run_dir / "last.pt"), progress=False)
     _assert_same_weights(straight, _weights(tiny_config.run_dir / "last.pt"))
+    if ema:
+        resumed_ema = load_checkpoint(tiny_config.run_dir / "last.pt")["ema"]
+        assert resumed_ema["updates"] == straight_ema["updates"] == 8
+        _assert_same_weights(straight_ema["module"], resumed_ema["module"])
+
+
+def test_ema_follows_the_weights_with_a_warming_up_decay():
+    from yolo.engine import ModelEMA
+    from yolo.model import YOLO
+    torch.manual_seed(0)
+    model = YOLO(3, channels=16, head_convs=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ema = ModelEMA(model, decay=0.999)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+        model.backbone.stem[1].running_mean.add_(2.0)
+    ema.update()
+    decay = 0.999 * (1 - math.exp(-1 / 2000))  # nearly 0 at first: the average starts at the live weights
+    after, averaged = model.state_dict(), ema.module.state_dict()
+    for key in ("heads.0.pred.weight", "backbone.stem.1.running_mean"):
+        torch.testing.assert_close(averaged[key], decay * before[key] + (1 - decay) * after[key])
+    assert torch.equal(averaged["backbone.stem.1.num_batches_tracked"], before["backbone.stem.1.num_batches_tracked"])
+    assert not any(p.requires_grad for p in ema.module.parameters())
 
 
 def test_a_stop_request_saves_mid_epoch_and_resume_is_exact(tiny_config, monkeypatch):
     fit(tiny_config, progress=False)
     straight = _weights(tiny_config.run_dir / "last.pt")
 
-    class StopAfterSixSteps(StopRequest):  # what SIGTERM does, at a known step: epoch 2, step 2 of 4
-        checks = 0
+    from yolo import engine
+    stops, real_step, steps = [], engine.train_step, []
 
-        @property
-        def requested(self):
-            StopAfterSixSteps.checks += 1
-            return StopAfterSixSteps.checks > 2 * 6 - 1  # train_one_epoch reads it twice per step
+    class RecordedStop(StopRequest):
+        def __init__(self):
+            super().__init__()
+            stops.append(self)
 
-        @requested.setter
-        def requested(self, value):
-            pass
+    def step_then_signal(*args, **kwargs):  # what SIGTERM does, at a known step: epoch 2, step 2 of 4
+        steps.append(1)
+        if len(steps) == 6:
+            stops[-1].requested = True
+        return real_step(*args, **kwargs)
 
-    monkeypatch.setattr("yolo.fit.StopRequest", StopAfterSixSteps)
+    monkeypatch.setattr("yolo.fit.StopRequest", RecordedStop)
+    monkeypatch.setattr(engine, "train_step", step_then_signal)
     tiny_config.name = "interrupted"
     fit(tiny_config, progress=False)
     ckpt = load_checkpoint(tiny_config.run_dir / "last.pt")
@@ -116,6 +147,18 @@ def test_run_folder_holds_config_log_checkpoints_results_and_tensorboard(tiny_co
             "train/grad_norm", "train/images_per_s", "val/voc07_map50", "val/coco_ap"} <= set(tags["scalars"])
     assert "val/predictions" in tags["images"]
     assert len(events.Scalars("val/voc07_map50")) == 2  # eval_every = 1
+
+
+def test_fit_gives_back_the_signals_and_the_log_file(tiny_config):
+    """An ablation runs many fits in one process: each must leave Ctrl-C and logging as it found them."""
+    import logging
+    before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM),
+              list(logging.getLogger("yolo").handlers))
+    tiny_config.train.epochs = 1
+    fit(tiny_config, progress=False)
+    after = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM),
+             list(logging.getLogger("yolo").handlers))
+    assert after == before
 
 
 def test_lr_schedule_warms_up_then_steps():
@@ -203,3 +246,42 @@ def test_distributed_training_with_two_cpu_processes(tiny_config):
     assert (run / "last.pt").is_file() and (run / "results.json").is_file()
     ckpt = load_checkpoint(run / "last.pt")
     assert ckpt["epoch"] == 1 and not any(k.startswith("module.") for k in ckpt["model"])
+
+
+def test_overfits_real_voc_images(tmp_path):
+    """The real-image path (JPEG decode, XML, difficult flags, 20 VOC classes) learns: a few VOC images from
+    ../shared/voc-sample are memorised, from scratch, in about a minute on the CPU."""
+    from conftest import shared_path
+    from yolo.config import Config, update, validate
+    sample = shared_path("voc-sample", "VOCdevkit", "VOC2012")
+    devkit = tmp_path / "VOCdevkit" / "VOC2012"  # the sample, read in place, with a split of 8 images
+    (devkit / "ImageSets" / "Main").mkdir(parents=True)
+    for sub in ("Annotations", "JPEGImages"):
+        (devkit / sub).symlink_to(sample / sub)
+    ids = (sample / "ImageSets" / "Main" / "trainval.txt").read_text().split()[:8]
+    (devkit / "ImageSets" / "Main" / "overfit.txt").write_text("\n".join(ids) + "\n")
+    cfg = update(Config(), {
+        "name": "voc-overfit", "output_dir": str(tmp_path / "runs"),
+        "data": {"root": str(tmp_path / "VOCdevkit"), "train": "2012:overfit", "val": "2012:overfit",
+                 "img_size": 96, "workers": 0, "zoom_out_p": 0.0, "min_iou_crop": False, "photometric_p": 0.0,
+                 "hflip_p": 0.0},
+        "model": {"pretrained": "none", "channels": 64, "head_convs": 1, "level_thresholds": [24.0, 48.0]},
+        "train": {"epochs": 70, "batch_size": 8, "optimizer": "adamw", "lr": 0.003, "weight_decay": 0.0,
+                  "warmup_epochs": 3, "scheduler": "cosine", "eval_every": 70, "log_every": 10, "device": "cpu"},
+    })
+    metrics = fit(validate(cfg), progress=False)
+    assert metrics["voc07_map50"] > 0.5, metrics["voc07_map50"]
+
+
+def test_a_reduced_shapes_run_learns_well_above_chance(tmp_path):
+    """The shapes preset, reduced to run in about a minute (400 images of 96 px, 6 epochs): far above chance
+    (an untrained model scores 0.000 here)."""
+    from yolo.config import Config, load_yaml, update, validate
+    cfg = update(Config(), load_yaml(REPO / "configs" / "shapes.yaml"))
+    update(cfg, {"name": "reduced", "output_dir": str(tmp_path / "runs"),
+                 "data": {"root": str(tmp_path / "shapes" / "VOCdevkit"), "img_size": 96, "workers": 0,
+                          "shapes_train": 400, "shapes_val": 100, "shapes_test": 10, "shapes_size": 96},
+                 "model": {"level_thresholds": [24.0, 48.0]},
+                 "train": {"epochs": 6, "eval_every": 6, "device": "cpu"}})
+    metrics = fit(validate(cfg), progress=False)
+    assert metrics["voc07_map50"] > 0.04, metrics["voc07_map50"]  # measured 0.096 (seed 0, 2 CPU cores)

@@ -147,8 +147,9 @@ def test_bad_arguments_are_rejected_with_a_message():
         eval_transform(32, "crop")
     with pytest.raises(ValueError, match="zoom_out_max >= 1"):
         train_transform(32, zoom_out_max=0.5)
+    image, outside = np.zeros((50, 50, 3), np.uint8), np.array([[0, 0, 70, 10]])
     with pytest.raises(ValueError, match="Expected x_max"):           # boxes must lie inside the image
-        train_transform(32)(np.zeros((50, 50, 3), np.uint8), np.array([[0, 0, 70, 10]]), np.array([1]), seed=0)
+        train_transform(32)(image, outside, np.array([1]), seed=0)
 
 
 def test_flip_without_resampling_is_exact():

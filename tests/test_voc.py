@@ -11,7 +11,7 @@ import torch
 
 from yolo.boxes import voc_to_xyxy
 from yolo.data.shapes import generate
-from yolo.data.transforms import eval_transform, to_original
+from yolo.data.transforms import eval_transform, to_original, train_transform
 from yolo.data.voc import (VOC_CLASSES, ImageDecodeError, VOCDataset, decode_image, load_records,
                            hwc_to_chw, parse_annotation, parse_spec, read_classes, read_image_size)
 
@@ -188,3 +188,17 @@ def test_hwc_to_chw_matches_a_transpose():
         out = hwc_to_chw(image)
         assert out.flags.c_contiguous and out.shape == (3, image.shape[0], image.shape[1])
         np.testing.assert_array_equal(out, image.transpose(2, 0, 1))
+
+
+def test_training_samples_never_alter_the_records(shapes_root):
+    records = load_records(shapes_root, "shapes:train")
+    before = [(r.boxes_voc.copy(), r.labels.copy()) for r in records]
+    dataset = VOCDataset(records, train_transform(48))
+    first = dataset[(1, 77)]
+    for key in range(40):
+        dataset[(key % len(records), key)]
+    again = dataset[(1, 77)]
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1]["boxes_xyxy"], again[1]["boxes_xyxy"])
+    for record, (boxes, labels) in zip(records, before):
+        np.testing.assert_array_equal(record.boxes_voc, boxes)
+        np.testing.assert_array_equal(record.labels, labels)

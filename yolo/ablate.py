@@ -18,7 +18,6 @@ are trained once. Writes ``OUT/ablation.md``, ``OUT/ablation.csv`` (one row per 
 ``OUT/ablation.png``.
 """
 import argparse
-import contextlib
 import copy
 import csv
 import dataclasses
@@ -32,7 +31,6 @@ import os
 import platform
 import re
 import shlex
-import signal
 import sys
 import time
 from pathlib import Path
@@ -103,8 +101,8 @@ def t_quantile(p: float, df: int) -> float:
         raise ValueError(f"degrees of freedom must be an integer >= 1, got {df!r}")
     if not 0 < p < 1:
         raise ValueError(f"p must be in (0, 1), got {p}")
-    if p < 0.5:
-        return -t_quantile(1 - p, df)
+    if p <= 0.5:
+        return 0.0 if p == 0.5 else -t_quantile(1 - p, df)
     target = 2 * p - 1
     low, high = 0.0, 1.0
     while _abs_t_cdf(high, df) < target:
@@ -362,11 +360,10 @@ def run_one(run: Run, selection: str, progress: bool = True) -> dict:
     cached = read_result(cfg.run_dir / RESULT_FILE, run.key, selection)
     if cached is not None:
         return cached
-    with _isolated_run():
-        tic = time.perf_counter()
-        _train(cfg, progress)
-        train_s, tic = time.perf_counter() - tic, time.perf_counter()
-        result = _score(cfg, selection)
+    tic = time.perf_counter()
+    _train(cfg, progress)
+    train_s, tic = time.perf_counter() - tic, time.perf_counter()
+    result = _score(cfg, selection)
     result.update(config_hash=run.key, selection=selection, run=run.name, seed=run.seed, train_s=train_s,
                   eval_s=time.perf_counter() - tic)
     _write_json(cfg.run_dir / RESULT_FILE, result)
@@ -380,23 +377,6 @@ def read_result(path: Path, key: str, selection: str) -> dict | None:
     except (OSError, ValueError):
         return None
     return result if result.get("config_hash") == key and result.get("selection") == selection else None
-
-
-@contextlib.contextmanager
-def _isolated_run():
-    """Undo what ``fit`` leaves behind in a long-lived process: its SIGINT / SIGTERM handlers (a later Ctrl-C must
-    stop the ablation) and its log-file handler (the next run's log must not go into this run's train.log)."""
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    package_logger = logging.getLogger("yolo")
-    before = list(package_logger.handlers)
-    try:
-        yield
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-        for handler in [h for h in package_logger.handlers if h not in before]:
-            package_logger.removeHandler(handler)
-            handler.close()
 
 
 def _train(cfg: Config, progress: bool):
@@ -632,8 +612,8 @@ def describe_setup(ablation: Ablation, runs: list[Run], results: dict, failures:
                    wall_s: float, devices: list[str] | None) -> dict:
     """The report header's facts: command, times, machine, device, selection rule and the runs without results."""
     variants = ablation.variants()
-    missing = [f"{' = '.join(r.variants)} seed {r.seed}" + (f" (failed: {failures[r.key]})" if r.key in failures
-                                                           else " (not run)")
+    missing = [f"{' = '.join(r.variants)} seed {r.seed}"
+               + (f" (failed: {failures[r.key]})" if r.key in failures else " (not run)")
                for r in runs if r.key not in results]
     return {
         "name": ablation.name, "command": command, "wall_s": wall_s, "seeds": ablation.seeds,
@@ -704,8 +684,9 @@ def _verdict_sentences(table: dict) -> list[str]:
     for row in table["rows"]:
         if not row["is_baseline"]:
             paired = row["paired"]
-            numbers = "" if paired["n"] < 2 else (f" (Δ = {_signed(paired['mean'])}, 95% CI "
-                                                 f"{_interval(paired, signed=True)}, {paired['n']} paired seeds)")
+            numbers = "" if paired["n"] < 2 else (
+                f" (Δ = {_signed(paired['mean'])}, 95% CI {_interval(paired, signed=True)}, "
+                f"{paired['n']} paired seeds)")
             lines.append(f"- {row['label']} vs {table['baseline_label']}: {row['verdict']}{numbers}.")
     return lines
 

@@ -4,6 +4,7 @@ Each part prints the median images/s over timed iterations after a warm-up, with
 settings, one line per variant, e.g.::
 
     python -m yolo.bench step --device cpu --batch 8 --size 416
+    python -m yolo.bench targets --device cpu --batch 64
     python -m yolo.bench data --data-root ../shared/voc-sample --data 2012:trainval --workers 0 1 2
     python -m yolo.bench train --config configs/shapes.yaml --steps 30
     python -m yolo.bench eval --config configs/shapes.yaml --split shapes:val
@@ -124,23 +125,81 @@ def run_step(args) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# targets: the vectorised assignment against the per-box Python loop of the reference implementations
+
+
+def assign_targets_loop(boxes_xyxy, labels, grid, image_hw, thresholds) -> dict:
+    """The per-image, per-box Python loop that YOLOv1 reference code uses to build targets (with the
+    nearest-centre rule instead of last-box-wins): the baseline of ``bench targets`` and the oracle of the
+    vectorised ``yolo.targets.assign_targets`` in the tests. Same inputs and outputs."""
+    n, num_cells = labels.shape[0], grid.num_cells
+    out = {"obj": torch.zeros(n, num_cells), "labels": torch.full((n, num_cells), -1, dtype=torch.long),
+           "boxes_xyxy": (torch.cat([grid.cells_xy, grid.cells_xy + 1], -1) * grid.strides[:, None]).repeat(n, 1, 1),
+           "weights": torch.zeros(n, num_cells)}
+    best = {}
+    for i in range(n):
+        for j in range(labels.shape[1]):
+            if labels[i, j] < 0:
+                continue
+            x1, y1, x2, y2 = boxes_xyxy[i, j].tolist()
+            level = sum((max(x2 - x1, y2 - y1) >= t) for t in thresholds)
+            stride, (h, w) = grid.level_strides[level], grid.level_sizes[level]
+            fx, fy = (x1 + x2) / 2 / stride, (y1 + y2) / 2 / stride
+            gx, gy = min(max(int(fx // 1), 0), w - 1), min(max(int(fy // 1), 0), h - 1)
+            dist = (fx - gx - 0.5) ** 2 + (fy - gy - 0.5) ** 2
+            cell = int(grid.level_offsets[level]) + gy * w + gx
+            if (i, cell) in best and best[(i, cell)] <= dist:
+                continue
+            best[(i, cell)] = dist
+            out["obj"][i, cell], out["labels"][i, cell] = 1.0, labels[i, j]
+            out["boxes_xyxy"][i, cell] = boxes_xyxy[i, j]
+            out["weights"][i, cell] = 2.0 - (x2 - x1) * (y2 - y1) / (image_hw[0] * image_hw[1])
+    return out
+
+
+def run_targets(args) -> list[dict]:
+    from yolo.targets import assign_targets, make_grid
+
+    device = torch.device(args.device)
+    grid = make_grid((args.size, args.size), (8, 16, 32), device)
+    _, boxes, labels = synthetic_batch(args.batch, args.size, 20, device, boxes_per_image=args.boxes)
+    rows = []
+    for name, fn in (("vectorised", assign_targets), ("python loop", assign_targets_loop)):
+        if name == "python loop" and device.type != "cpu":
+            boxes, labels, grid = boxes.cpu(), labels.cpu(), make_grid((args.size, args.size), (8, 16, 32))
+        times = time_iterations(lambda: fn(boxes, labels, grid, (args.size, args.size), (64.0, 128.0)),
+                                boxes.device, args.iters, args.warmup)
+        median = statistics.median(times)
+        rows.append({"part": "targets", "method": name, "device": str(boxes.device), "batch": args.batch,
+                     "boxes_per_image": args.boxes, "median_ms": 1e3 * median})
+        print(f"targets {name} on {boxes.device}, batch {args.batch} x {args.boxes} boxes (half padding), "
+              f"size {args.size}: {1e3 * median:.2f} ms per batch", flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # data: the training data pipeline alone
 
 
 def run_data(args) -> list[dict]:
-    from yolo.data.loader import measure_loader_throughput
+    from yolo.data.loader import measure_loader_throughput, measure_sample_costs
     from yolo.data.transforms import train_transform
     from yolo.data.voc import VOCDataset, find_devkit, load_records, read_classes
 
     root = find_devkit(args.data_root)
     dataset = VOCDataset(load_records(root, args.data, read_classes(root)), train_transform(args.size))
-    rows = []
+    costs = measure_sample_costs(dataset)
+    print(f"data  {args.data} ({len(dataset)} images) size {args.size}, CPU per image in-process: decode "
+          f"{costs['decode_ms']:.2f} ms, augmentation {costs['augment_ms']:.2f} ms, whole sample "
+          f"{costs['sample_ms']:.2f} ms = {1e3 / costs['sample_ms']:.0f} images/s per core", flush=True)
+    rows = [{"part": "data", "data": args.data, "size": args.size, **costs}]
     for workers in args.workers:
         row = measure_loader_throughput(dataset, args.batch, workers, args.batches, warmup=args.warmup)
         row.update(part="data", data=args.data, size=args.size, images_in_split=len(dataset))
-        print(f"data  {args.data} ({len(dataset)} images) size {args.size} workers {workers}: "
-              f"{row['images_per_s']:.1f} images/s total, {row['images_per_s_per_worker']:.1f} images/s per "
-              f"worker", flush=True)
+        cpu = row["images_per_cpu_s"]
+        print(f"data  DataLoader batch {args.batch} workers {workers}: {row['images_per_s']:.1f} images/s total, "
+              f"{row['images_per_s_per_worker']:.1f} images/s per worker"
+              + (f", {cpu:.0f} images per CPU-second of the loading processes" if cpu else ""), flush=True)
         rows.append(row)
     return rows
 
@@ -150,6 +209,7 @@ def run_data(args) -> list[dict]:
 
 
 def run_train(args) -> list[dict]:
+    from yolo.data.loader import cycle_epochs
     from yolo.engine import autocast_dtype, train_step
     from yolo.fit import build_loaders, build_optimizer, prepare_data
     from yolo.model import build_model
@@ -166,7 +226,7 @@ def run_train(args) -> list[dict]:
     amp_dtype = autocast_dtype(cfg.train.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     waits, totals, images = [], [], 0
-    batches = _forever(loader)
+    batches = cycle_epochs(loader)
     for i in range(args.warmup + args.steps):
         tic = time.perf_counter()
         batch_images, targets = next(batches)
@@ -189,12 +249,6 @@ def run_train(args) -> list[dict]:
           f"{row['images_per_s']:.1f} images/s, waiting for data {100 * row['data_wait_fraction']:.0f}% of the time",
           flush=True)
     return [row]
-
-
-def _forever(loader):
-    for epoch in itertools.count():
-        loader.sampler.set_epoch(epoch)
-        yield from loader
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -286,6 +340,14 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--iters", type=int, default=10)
     step.add_argument("--warmup", type=int, default=3)
 
+    targets = sub.add_parser("targets", help="target assignment: vectorised vs the reference per-box loop")
+    targets.add_argument("--device", default=default_device)
+    targets.add_argument("--batch", type=int, default=64)
+    targets.add_argument("--boxes", type=int, default=16, help="boxes per image (half are padding)")
+    targets.add_argument("--size", type=int, default=416)
+    targets.add_argument("--iters", type=int, default=20)
+    targets.add_argument("--warmup", type=int, default=3)
+
     data = sub.add_parser("data", help="decode + augment + collate with N workers on real JPEGs")
     data.add_argument("--data-root", required=True, help="folder holding VOCdevkit (or the devkit itself)")
     data.add_argument("--data", required=True, help="data spec, e.g. 2012:trainval")
@@ -310,7 +372,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     print(f"machine: {machine()}", flush=True)
-    rows = {"step": run_step, "data": run_data, "train": run_train, "eval": run_eval}[args.part](args)
+    parts = {"step": run_step, "targets": run_targets, "data": run_data, "train": run_train, "eval": run_eval}
+    rows = parts[args.part](args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine(), "command": " ".join(sys.argv), "rows": rows}, f, indent=1)

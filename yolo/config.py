@@ -3,7 +3,8 @@
 The defaults are the VOC reproduction recipe of the reference experiment (ResNet-18 + FPN, 416 px, 160 epochs,
 SGD 1e-3, steps at 60 / 90). A YAML file may name a ``base`` YAML (relative to itself) whose values it overrides.
 Every field can be overridden on the command line: ``--cls-loss sigmoid_focal``, ``--loss-cls-loss
-sigmoid_focal`` or ``--loss.cls_loss sigmoid_focal`` (e.g. ``--data-root`` for ``data.root``); values are parsed as YAML (``--alpha [0.2,0.3,...]``, ``--alpha null``).
+sigmoid_focal`` or ``--loss.cls_loss sigmoid_focal`` (e.g. ``--data-root`` for ``data.root``); values are
+parsed as YAML (``--alpha [0.2,0.3,...]``, ``--alpha null``).
 Unknown keys and bad values raise ``ConfigError`` with a message that says what is allowed.
 """
 import argparse
@@ -33,6 +34,7 @@ class DataConfig:
     eval_resize: str = "stretch"             # stretch | letterbox
     zoom_out_max: float = 4.0                # SSD augmentation: expand the canvas up to this ratio ...
     zoom_out_p: float = 0.5                  # ... with this probability
+    min_iou_crop: bool = True                # SSD's IoU-constrained random crop
     photometric_p: float = 0.5               # probability of each photometric distortion
     hflip_p: float = 0.5
     workers: int = 4

@@ -5,6 +5,7 @@ synchronisation except every ``log_every`` steps, when the accumulated loss term
 checked for non-finite values. ``evaluate`` decodes, maps boxes back to the original images and scores them.
 ``fit`` (in ``yolo.fit``) puts them together.
 """
+import copy
 import functools
 import logging
 import math
@@ -34,17 +35,17 @@ class ModelEMA:
     as in timm / ultralytics: decay_t = decay * (1 - exp(-t / 2000)). Updated on the device without syncing."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
-        import copy
         self.module = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
         self.decay, self.updates = decay, 0
+        # state_dict() tensors share storage with the modules, so these lists stay valid (loads copy in place)
+        self._ema = [t for t in self.module.state_dict().values() if t.dtype.is_floating_point]
+        self._live = [t for t in unwrap(model).state_dict().values() if t.dtype.is_floating_point]
 
     @torch.no_grad()
-    def update(self, model):
+    def update(self):
         self.updates += 1
         decay = self.decay * (1 - math.exp(-self.updates / 2000))
-        ema = [t for t in self.module.state_dict().values() if t.dtype.is_floating_point]
-        new = [t for t in unwrap(model).state_dict().values() if t.dtype.is_floating_point]
-        torch._foreach_lerp_(ema, new, 1 - decay)
+        torch._foreach_lerp_(self._ema, self._live, 1 - decay)
 
     def state_dict(self):
         return {"module": self.module.state_dict(), "updates": self.updates}
@@ -122,18 +123,16 @@ def train_one_epoch(model, loader, optimizer, scheduler, cfg, epoch: int, *, dev
                     ema=None, writer=None, progress=None, stop=None, start_step: int = 0) -> dict:
     """Train for one epoch (from batch ``start_step`` when resuming mid-epoch).
 
-    Returns ``{"terms": {name: mean}, "steps": steps done, "images", "seconds", "interrupted": bool}``.
-    Raises ``NonFiniteLoss``.
     ``stop`` is an object whose ``requested`` attribute a signal handler sets: the epoch then ends after the
-    current step so the caller can save a checkpoint.
+    current step so that the caller can save a checkpoint. Raises ``NonFiniteLoss``.
+    Returns ``{"terms": {name: mean}, "steps": steps done, "images", "seconds", "interrupted": bool}``.
     """
     model.train()
     cls_loss = cls_loss_for_epoch(cfg, epoch)
     steps_per_epoch = len(loader) + start_step
-    sums, count, seen, tic = None, 0, 0, time.perf_counter()
-    epoch_start, epoch_images = tic, 0
-    epoch_sums, epoch_count = None, 0
-    step = start_step
+    window = _Window()   # the current logging interval
+    total = _Window()    # the whole epoch
+    step, stopping = start_step - 1, False
     for step, (images, targets) in enumerate(loader, start=start_step):
         global_step = epoch * steps_per_epoch + step
         images, boxes, labels = _to_device(images, targets, device, cfg.train.channels_last)
@@ -144,45 +143,55 @@ def train_one_epoch(model, loader, optimizer, scheduler, cfg, epoch: int, *, dev
                                       scaler=scaler, amp_dtype=amp_dtype)
         scheduler.step()
         if ema is not None:
-            ema.update(model)
-        values = torch.stack([t.detach() for t in terms.values()] + [grad_norm.detach().float()])
-        sums = values if sums is None else sums + values
-        count, seen, epoch_images = count + 1, seen + images.shape[0], epoch_images + images.shape[0]
-        last = step + 1 == steps_per_epoch or (stop is not None and stop.requested)
-        if count == cfg.train.log_every or last:
-            means = _check_and_log(sums / count, list(terms), epoch, step, global_step, optimizer,
-                                   seen / (time.perf_counter() - tic), writer, progress)
-            epoch_sums = sums if epoch_sums is None else epoch_sums + sums
-            epoch_count += count
-            sums, count, seen, tic = None, 0, 0, time.perf_counter()
+            ema.update()
+        window.add(torch.stack([t.detach() for t in terms.values()] + [grad_norm.detach().float()]),
+                   images.shape[0])
+        stopping = stop is not None and stop.requested
+        if window.count == cfg.train.log_every or step + 1 == steps_per_epoch or stopping:
+            _check_and_log(window, list(terms), epoch, step, global_step, optimizer, writer, progress)
+            total.merge(window)
+            window = _Window()
         if progress is not None:
             progress.update(1)
-        if stop is not None and stop.requested:
+        if stopping:
             break
-    names = list(terms) if epoch_count else []
-    epoch_means = (epoch_sums / epoch_count).tolist() if epoch_count else []
-    return {"terms": dict(zip(names, epoch_means)), "steps": step + 1, "images": epoch_images,
-            "seconds": time.perf_counter() - epoch_start,
-            "interrupted": bool(stop is not None and stop.requested and step + 1 < steps_per_epoch)}
+    names = list(terms) if total.count else []
+    means = (total.sums / total.count).tolist() if total.count else []
+    return {"terms": dict(zip(names, means)), "steps": step + 1, "images": total.images,
+            "seconds": time.perf_counter() - total.start, "interrupted": stopping and step + 1 < steps_per_epoch}
 
 
-def _check_and_log(means, names, epoch, step, global_step, optimizer, images_per_s, writer, progress) -> dict:
+class _Window:
+    """Loss terms summed on the device over some steps (no host sync until they are read)."""
+
+    def __init__(self):
+        self.sums, self.count, self.images, self.start = None, 0, 0, time.perf_counter()
+
+    def add(self, values, images):
+        self.sums = values if self.sums is None else self.sums + values
+        self.count, self.images = self.count + 1, self.images + images
+
+    def merge(self, other):
+        self.sums = other.sums if self.sums is None else self.sums + other.sums
+        self.count, self.images = self.count + other.count, self.images + other.images
+
+
+def _check_and_log(window, names, epoch, step, global_step, optimizer, writer, progress):
     """The one host sync of a logging interval: read the mean terms, stop on non-finite values, log them."""
-    values = dict(zip(names + ["grad_norm"], means.tolist()))
+    values = dict(zip(names + ["grad_norm"], (window.sums / window.count).tolist()))
     if not all(math.isfinite(v) for k, v in values.items() if k != "grad_norm"):
         terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
         raise NonFiniteLoss(f"non-finite loss at epoch {epoch} step {step}: {terms}. The run stopped; the last "
                             f"checkpoint on disk is the last good one.")
     lr = optimizer.param_groups[0]["lr"]
+    images_per_s = window.images / (time.perf_counter() - window.start)
     if writer is not None:
         for name, value in values.items():
-            writer.add_scalar(f"train/{name}" if name != "grad_norm" else "train/grad_norm", value, global_step)
+            writer.add_scalar(f"train/{name}", value, global_step)
         writer.add_scalar("train/lr", lr, global_step)
         writer.add_scalar("train/images_per_s", images_per_s, global_step)
     if progress is not None:
         progress.set_postfix(loss=f"{values['total']:.3f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.1f}")
-    logger.debug("epoch %d step %d %s", epoch, step, values)
-    return values
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ import json
 import logging
 import math
 import signal
-import time
 from pathlib import Path
 
 import torch
@@ -17,10 +16,10 @@ from yolo.checkpoint import atomic_save, load_checkpoint, rng_state, seed_everyt
 from yolo.config import save_yaml
 from yolo.data.loader import build_loader
 from yolo.data.shapes import ensure_shapes
-from yolo.data.transforms import eval_transform, train_transform
+from yolo.data.transforms import SSD_MIN_IOUS, eval_transform, train_transform
 from yolo.data.voc import VOCDataset, load_records, read_classes
 from yolo.engine import (ModelEMA, autocast_dtype, cls_loss_for_epoch, evaluate, sigmoid_scores,
-                         train_one_epoch, unwrap)
+                         train_one_epoch)
 from yolo.model import build_model
 
 logger = logging.getLogger(__name__)
@@ -35,17 +34,26 @@ NO_DATA_HELP = """no PASCAL VOC data at {root}.
 class StopRequest:
     """Set by SIGTERM / SIGINT: the loop finishes its step, saves a checkpoint and exits cleanly."""
 
+    signals = (signal.SIGTERM, signal.SIGINT)
+
     def __init__(self):
         self.requested = False
+        self._previous = {}
 
     def install(self):
         def handler(signum, frame):
             logger.warning("received %s: saving a checkpoint at the end of this step, then stopping",
                            signal.Signals(signum).name)
             self.requested = True
-            signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
-        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._previous[signum])  # a second signal acts as it did before the run
+        self._previous = {sig: signal.getsignal(sig) for sig in self.signals}
+        for sig in self.signals:
             signal.signal(sig, handler)
+
+    def uninstall(self):
+        """Give the signals back to whatever handled them before (an ablation runs many fits in one process)."""
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -73,6 +81,7 @@ def build_loaders(cfg, root, classes, rank: int, world_size: int):
     per_process = cfg.train.batch_size // world_size
     d = cfg.data
     augment = train_transform(d.img_size, zoom_out_max=d.zoom_out_max, zoom_out_p=d.zoom_out_p,
+                              min_ious=SSD_MIN_IOUS if d.min_iou_crop else (),
                               photometric_p=d.photometric_p, hflip_p=d.hflip_p)
     train_set = VOCDataset(load_records(root, d.train, classes), augment, keep_difficult=d.train_difficult)
     val_set = VOCDataset(load_records(root, cfg.data.val, classes),
@@ -105,17 +114,17 @@ def lr_factor(step: int, steps_per_epoch: int, tcfg) -> float:
     return tcfg.lr_gamma ** sum(epoch >= milestone for milestone in tcfg.lr_steps)
 
 
-def setup_logging(run_dir: Path):
-    """Console and a plain ``train.log`` in the run folder (rank 0 only)."""
+def log_to_file(run_dir: Path) -> logging.Handler:
+    """Send the package's log to a plain ``train.log`` in the run folder (and to the console if nothing
+    else does); returns the file handler, which the caller removes when the run ends."""
     pkg = logging.getLogger("yolo")
     pkg.setLevel(logging.INFO)
-    log_file = str((run_dir / "train.log").resolve())
-    if not any(getattr(h, "baseFilename", None) == log_file for h in pkg.handlers):
-        handler = logging.FileHandler(log_file)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        pkg.addHandler(handler)
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    pkg.addHandler(handler)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return handler
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -127,18 +136,31 @@ def fit(cfg, resume: str | None = None, progress: bool = True) -> dict:
 
     Writes into ``cfg.run_dir``: ``config.yaml``, ``train.log``, ``last.pt`` (every epoch), ``best.pt`` (best
     val VOC07 mAP), ``results.json`` (final metrics) and the TensorBoard events (or into ``cfg.logdir``).
+    SIGTERM / SIGINT save ``last.pt`` after the current step and return early (no ``results.json``).
     """
     device = distributed.local_device(cfg.train.device)
     rank, world_size = distributed.init_distributed(device)
-    run_dir = cfg.run_dir
+    log_handler = None
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        setup_logging(run_dir)
-        save_yaml(cfg, run_dir / "config.yaml")
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        log_handler = log_to_file(cfg.run_dir)
+        save_yaml(cfg, cfg.run_dir / "config.yaml")
+    stop = StopRequest()
+    stop.install()
+    try:
+        return _run(cfg, resume, progress and rank == 0, device, rank, world_size, stop)
+    finally:
+        stop.uninstall()
+        if log_handler is not None:
+            logging.getLogger("yolo").removeHandler(log_handler)
+            log_handler.close()
+        distributed.cleanup()
+
+
+def _run(cfg, resume, progress, device, rank, world_size, stop) -> dict:
     seed_everything(cfg.train.seed + rank)
     root, classes = prepare_data(cfg)
     train_loader, val_loader = build_loaders(cfg, root, classes, rank, world_size)
-
     model = build_model(cfg.model, len(classes)).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -152,22 +174,17 @@ def fit(cfg, resume: str | None = None, progress: bool = True) -> dict:
     if resume:
         state = _restore(load_checkpoint(resume), model, optimizer, scheduler, scaler, ema)
         logger.info("resumed %s at epoch %d step %d", resume, state["epoch"], state["step_in_epoch"])
-    train_model = _wrap(model, cfg, device, world_size)
-
-    writer = _open_writer(cfg) if rank == 0 else None
-    stop = StopRequest()
-    stop.install()
     parts = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema, cfg=cfg,
                  classes=classes, steps_per_epoch=steps_per_epoch)
+    writer = _open_writer(cfg) if rank == 0 else None
     try:
-        state = _epochs(train_model, train_loader, val_loader, parts, state, device, amp_dtype, writer, stop,
-                        progress and rank == 0)
+        state = _epochs(_wrap(model, cfg, device, world_size), train_loader, val_loader, parts, state, device,
+                        amp_dtype, writer, stop, progress)
         if rank == 0 and not stop.requested and state["metrics"] is not None:
-            _write_results(run_dir, cfg, state["metrics"], writer)
+            _write_results(cfg.run_dir, cfg, state["metrics"], writer)
     finally:
         if writer is not None:
             writer.close()
-        distributed.cleanup()
     return state["metrics"] or {}
 
 
@@ -308,9 +325,8 @@ def evaluate_checkpoint(ckpt: dict, cfg, split: str, weights: str = "auto"):
     if tuple(classes) != tuple(ckpt["classes"]):
         raise ValueError(f"the dataset at {root} has classes {list(classes)[:4]}..., the checkpoint was trained "
                          f"on {ckpt['classes'][:4]}...")
-    dataset = VOCDataset(load_records(root, split, classes), eval_transform(cfg.data.img_size,
-                                                                             cfg.data.eval_resize),
-                         keep_difficult=True)
+    transform = eval_transform(cfg.data.img_size, cfg.data.eval_resize)
+    dataset = VOCDataset(load_records(root, split, classes), transform, keep_difficult=True)
     loader = build_loader(dataset, cfg.train.batch_size, train=False, num_workers=cfg.data.workers,
                           seed=cfg.train.seed)
     model = model_from_checkpoint(ckpt, cfg, device, weights)

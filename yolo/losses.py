@@ -47,10 +47,18 @@ def _class_weights(alpha, num_classes: int, like: torch.Tensor) -> torch.Tensor 
         return None
     if isinstance(alpha, (int, float)):
         return torch.full((num_classes,), float(alpha), dtype=like.dtype, device=like.device)
-    weights = torch.as_tensor(alpha, dtype=like.dtype, device=like.device)
-    if weights.shape != (num_classes,):
-        raise ValueError(f"per-class alpha needs {num_classes} values, got {tuple(weights.shape)}")
-    return weights
+    if isinstance(alpha, torch.Tensor):
+        alpha = alpha.tolist()
+    if len(alpha) != num_classes:
+        raise ValueError(f"per-class alpha needs {num_classes} values, got {len(alpha)}")
+    return _constant(tuple(float(a) for a in alpha), like.dtype, like.device)
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(values: tuple, dtype, device) -> torch.Tensor:
+    """A constant tensor made once per device: a host -> device copy every step would make the CUDA stream
+    wait (a hidden synchronisation)."""
+    return torch.tensor(values, dtype=dtype, device=device)
 
 
 def _log1m_softmax(logits: torch.Tensor) -> torch.Tensor:

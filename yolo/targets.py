@@ -6,6 +6,7 @@ first (finest) level, below ``thresholds[1]`` to the second, and so on; the rest
 When several boxes land in the same cell, the one whose centre is nearest the cell centre wins (ties: the first
 box); the YOLOv1 reference code let the last box silently overwrite the others.
 """
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,8 @@ class Grid:
     level_strides: tuple         # (L,) int
     level_sizes: tuple           # (L,) of (H_l, W_l)
     level_offsets: torch.Tensor  # (L,) int64 index of each level's first cell
+    level_strides_t: torch.Tensor  # (L,) float, level_strides on the device
+    level_sizes_t: torch.Tensor    # (L, 2) int64 (H_l, W_l) on the device
 
     @property
     def num_cells(self) -> int:
@@ -37,8 +40,11 @@ def make_grid(image_hw: tuple[int, int], strides: tuple[int, ...], device=None) 
         sizes.append((h, w))
         offsets.append(total)
         total += h * w
+    # small per-level tables live on the device once: building them per step would copy host -> device,
+    # which on CUDA waits for the queued kernels (a hidden synchronisation)
     return Grid(torch.cat(cells), torch.cat(cell_strides), tuple(strides), tuple(sizes),
-                torch.tensor(offsets, device=device))
+                torch.tensor(offsets, device=device), torch.tensor(strides, dtype=torch.float32, device=device),
+                torch.tensor(sizes, device=device))
 
 
 def assign_targets(boxes_xyxy: torch.Tensor, labels: torch.Tensor, grid: Grid, image_hw: tuple[int, int],
@@ -93,15 +99,21 @@ def _cell_of_box(boxes_xyxy, grid: Grid, thresholds):
         raise ValueError(f"{len(grid.level_strides)} levels need {len(grid.level_strides) - 1} size thresholds, "
                          f"got {list(thresholds)}")
     max_side = (boxes_xyxy[..., 2:] - boxes_xyxy[..., :2]).amax(-1)
-    level = torch.bucketize(max_side, torch.tensor(thresholds, dtype=max_side.dtype, device=device), right=True)
-    stride = torch.tensor(grid.level_strides, dtype=max_side.dtype, device=device)[level]
-    sizes = torch.tensor(grid.level_sizes, device=device)[level]             # (N, M, 2) as (H, W)
+    level = torch.bucketize(max_side, _as_tensor(tuple(thresholds), device), right=True)
+    stride = grid.level_strides_t[level]
+    sizes = grid.level_sizes_t[level]                                         # (N, M, 2) as (H, W)
     centre = (boxes_xyxy[..., :2] + boxes_xyxy[..., 2:]) / 2
     cell_xy = (centre / stride.unsqueeze(-1)).floor()
     cell_xy = torch.minimum(cell_xy.clamp(min=0), sizes.flip(-1) - 1)
     dist = ((centre / stride.unsqueeze(-1) - cell_xy - 0.5) ** 2).sum(-1)
     cell = grid.level_offsets[level] + cell_xy[..., 1].long() * sizes[..., 1] + cell_xy[..., 0].long()
     return cell, dist
+
+
+@functools.lru_cache(maxsize=32)
+def _as_tensor(values: tuple, device) -> torch.Tensor:
+    """A constant float32 tensor on ``device``, made once (see make_grid on host -> device copies)."""
+    return torch.tensor(values, dtype=torch.float32, device=device)
 
 
 def _nearest_per_slot(slot: torch.Tensor, dist: torch.Tensor, dump: int) -> torch.Tensor:

@@ -6,10 +6,9 @@ the number of workers, with or without persistent workers, and after resuming mi
 
 Benchmark (images/s of the training pipeline, per worker)::
 
-    python -m yolo.data.loader --bench --data-root ../shared/voc-sample \
+    python -m yolo.bench data --data-root ../shared/voc-sample \
         --data 2007:trainval+2007:test+2012:trainval --size 416 --workers 0 1 2
 """
-import argparse
 import itertools
 import logging
 import math
@@ -23,6 +22,8 @@ import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, default_collate
+
+from yolo.data.voc import decode_image
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def measure_loader_throughput(dataset, batch_size: int, num_workers: int, num_ba
     if num_workers == 0:
         cv2.setNumThreads(0)
     try:
-        batches = _cycle(loader)
+        batches = cycle_epochs(loader)
         for _ in range(warmup):
             next(batches)
         pids = [os.getpid()] if num_workers == 0 else [p.pid for p in multiprocessing.active_children()]
@@ -173,6 +174,40 @@ def measure_loader_throughput(dataset, batch_size: int, num_workers: int, num_ba
             "cpu_seconds": cpu_seconds, "images_per_cpu_s": images / cpu_seconds if cpu_seconds else None}
 
 
+def measure_sample_costs(dataset, num_images: int = 200, passes: int = 3) -> dict:
+    """Where a worker's time goes: CPU milliseconds per image of decoding, of the augmentation alone (on
+    already decoded images) and of a whole ``dataset[(index, aug_seed)]``, in this process with OpenCV on
+    one thread; best of ``passes`` over the first ``num_images`` records of a VOCDataset."""
+    records = dataset.records[:num_images]
+    decoded = [decode_image(r.image_path) for r in records]
+
+    def decode(i):
+        decode_image(records[i].image_path)
+
+    def augment(i):
+        dataset.transform(decoded[i], records[i].boxes_xyxy, records[i].labels, seed=i)
+
+    def sample(i):
+        dataset[(i, i)]
+
+    previous_threads = cv2.getNumThreads()
+    cv2.setNumThreads(0)
+    try:
+        costs = {}
+        for name, step in (("decode_ms", decode), ("augment_ms", augment), ("sample_ms", sample)):
+            costs[name] = min(_cpu_ms_per_call(step, len(records)) for _ in range(passes))
+    finally:
+        cv2.setNumThreads(previous_threads)
+    return costs
+
+
+def _cpu_ms_per_call(step, count: int) -> float:
+    start = time.process_time()
+    for i in range(count):
+        step(i)
+    return 1e3 * (time.process_time() - start) / count
+
+
 def _cpu_seconds(pids) -> float | None:
     """Total user + system CPU time of live processes, from Linux ``/proc``; None elsewhere."""
     total = 0.0
@@ -185,38 +220,8 @@ def _cpu_seconds(pids) -> float | None:
     return total
 
 
-def _cycle(loader):
+def cycle_epochs(loader):
+    """Batches of ``loader`` forever, calling ``sampler.set_epoch`` at each pass."""
     for epoch in itertools.count():
         loader.sampler.set_epoch(epoch)
         yield from loader
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Benchmark the training data pipeline (images/s per worker)")
-    parser.add_argument("--bench", action="store_true", required=True, help="run the throughput benchmark")
-    parser.add_argument("--data-root", required=True, help="folder holding VOCdevkit (or VOCdevkit itself)")
-    parser.add_argument("--data", required=True, help="data spec, e.g. 2007:trainval+2012:trainval")
-    parser.add_argument("--size", type=int, default=416)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--batches", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=3)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    from yolo.data.transforms import train_transform
-    from yolo.data.voc import VOCDataset, load_records
-    dataset = VOCDataset(load_records(args.data_root, args.data), train_transform(args.size))
-    torch.set_num_threads(1)
-    print(f"train pipeline {args.size}x{args.size}, {len(dataset)} images, batch {args.batch_size}, "
-          f"{args.batches} timed batches after {args.warmup} warm-up")
-    for workers in args.workers:
-        result = measure_loader_throughput(dataset, args.batch_size, workers, args.batches, args.warmup)
-        cpu = result["images_per_cpu_s"]
-        print(f"workers={workers}: {result['images_per_s']:.0f} images/s total, "
-              f"{result['images_per_s_per_worker']:.0f} images/s per worker"
-              + (f", {cpu:.0f} images per CPU-second of the loading processes" if cpu else ""))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

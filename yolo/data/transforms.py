@@ -34,6 +34,7 @@ import albumentations as A  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+SSD_MIN_IOUS = (0.1, 0.3, 0.5, 0.7, 0.9)   # crop modes of SSD's min-IoU random crop (besides no crop)
 FILL_RGB = tuple(int(round(255 * m)) for m in IMAGENET_MEAN)   # zoom-out / letterbox padding colour
 
 _LUMA = np.array([0.299, 0.587, 0.114])
@@ -126,7 +127,7 @@ class ZoomOutMinIoUCrop(A.DualTransform):
     mmdetection's ``MinIoURandomCrop`` asks it of every box, which rarely succeeds on crowded images.
     """
 
-    def __init__(self, size, zoom_out_max=4.0, zoom_out_p=0.5, min_ious=(0.1, 0.3, 0.5, 0.7, 0.9),
+    def __init__(self, size, zoom_out_max=4.0, zoom_out_p=0.5, min_ious=SSD_MIN_IOUS,
                  crop_scale=0.3, max_trials=50, fill=FILL_RGB, interpolation=cv2.INTER_LINEAR, p=1.0):
         super().__init__(p=p)
         if size < 1 or zoom_out_max < 1 or not 0 < crop_scale <= 1:
@@ -279,7 +280,7 @@ def _bbox_params(min_box_size: float) -> A.BboxParams:
 
 
 def train_transform(size: int, *, zoom_out_max: float = 4.0, zoom_out_p: float = 0.5,
-                    min_ious=(0.1, 0.3, 0.5, 0.7, 0.9), crop_scale: float = 0.3, photometric_p: float = 0.5,
+                    min_ious=SSD_MIN_IOUS, crop_scale: float = 0.3, photometric_p: float = 0.5,
                     hflip_p: float = 0.5, min_box_size: float = 2.0) -> BoxTransform:
     """SSD-style training preset to uint8 RGB ``size`` x ``size`` (see the module docstring).
 

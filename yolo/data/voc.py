@@ -417,6 +417,11 @@ class VOCDataset(torch.utils.data.Dataset):
         self.records = list(records)
         self.transform = transform
         self.keep_difficult = keep_difficult
+        # The (boxes_xyxy, labels) targets, converted and filtered once instead of per sample.
+        self._targets = []
+        for record in self.records:
+            keep = np.ones(len(record.labels), dtype=bool) if keep_difficult else ~record.difficult
+            self._targets.append((record.boxes_xyxy[keep], record.labels[keep]))
         self._failed = set()
 
     def __len__(self) -> int:
@@ -444,8 +449,7 @@ class VOCDataset(torch.utils.data.Dataset):
 
     def _make_sample(self, index: int, image: np.ndarray, aug_seed):
         record = self.records[index]
-        keep = np.ones(len(record.labels), dtype=bool) if self.keep_difficult else ~record.difficult
-        boxes_xyxy, labels = record.boxes_xyxy[keep], record.labels[keep]
+        boxes_xyxy, labels = self._targets[index]
         orig_size = image.shape[:2]
         if self.transform is None:
             out = dict(image=image, boxes_xyxy=boxes_xyxy, labels=labels, scale=(1.0, 1.0), pad=(0.0, 0.0))
