@@ -11,6 +11,8 @@ Conventions used across the project
 * ``_px`` suffixes are pixels, ``_norm`` are fractions of the image size.
 * ``boxes_cxcywh`` is centre x, centre y, width, height in the same units as the xyxy it came from.
 """
+import functools
+
 import numpy as np
 import torch
 
@@ -67,3 +69,10 @@ def decode_cell(box_logits: torch.Tensor, cells_xy: torch.Tensor, strides: torch
     centres = (cells_xy + torch.sigmoid(box_logits[..., :2])) * strides
     sizes = torch.exp(box_logits[..., 2:].clamp(max=MAX_LOG_SIZE)) * strides
     return cxcywh_to_xyxy(torch.cat([centres, sizes], dim=-1))
+
+
+@functools.lru_cache(maxsize=64)
+def device_constant(values: tuple, dtype: torch.dtype, device) -> torch.Tensor:
+    """A constant tensor (per-class weights, size thresholds) made once per device and dtype: a host -> device
+    copy in every step would make the CUDA stream wait for the queued kernels (a hidden synchronisation)."""
+    return torch.tensor(values, dtype=dtype, device=device)

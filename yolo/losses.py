@@ -19,7 +19,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from yolo.boxes import decode_cell, encode_cell
+from yolo.boxes import decode_cell, device_constant, encode_cell
 
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
@@ -51,14 +51,7 @@ def _class_weights(alpha, num_classes: int, like: torch.Tensor) -> torch.Tensor 
         alpha = alpha.tolist()
     if len(alpha) != num_classes:
         raise ValueError(f"per-class alpha needs {num_classes} values, got {len(alpha)}")
-    return _constant(tuple(float(a) for a in alpha), like.dtype, like.device)
-
-
-@functools.lru_cache(maxsize=64)
-def _constant(values: tuple, dtype, device) -> torch.Tensor:
-    """A constant tensor made once per device: a host -> device copy every step would make the CUDA stream
-    wait (a hidden synchronisation)."""
-    return torch.tensor(values, dtype=dtype, device=device)
+    return device_constant(tuple(float(a) for a in alpha), like.dtype, like.device)
 
 
 def _log1m_softmax(logits: torch.Tensor) -> torch.Tensor:

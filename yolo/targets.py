@@ -6,10 +6,11 @@ first (finest) level, below ``thresholds[1]`` to the second, and so on; the rest
 When several boxes land in the same cell, the one whose centre is nearest the cell centre wins (ties: the first
 box); the YOLOv1 reference code let the last box silently overwrite the others.
 """
-import functools
 from dataclasses import dataclass
 
 import torch
+
+from yolo.boxes import device_constant
 
 
 @dataclass
@@ -99,7 +100,7 @@ def _cell_of_box(boxes_xyxy, grid: Grid, thresholds):
         raise ValueError(f"{len(grid.level_strides)} levels need {len(grid.level_strides) - 1} size thresholds, "
                          f"got {list(thresholds)}")
     max_side = (boxes_xyxy[..., 2:] - boxes_xyxy[..., :2]).amax(-1)
-    level = torch.bucketize(max_side, _as_tensor(tuple(thresholds), device), right=True)
+    level = torch.bucketize(max_side, device_constant(tuple(thresholds), torch.float32, device), right=True)
     stride = grid.level_strides_t[level]
     sizes = grid.level_sizes_t[level]                                         # (N, M, 2) as (H, W)
     centre = (boxes_xyxy[..., :2] + boxes_xyxy[..., 2:]) / 2
@@ -108,12 +109,6 @@ def _cell_of_box(boxes_xyxy, grid: Grid, thresholds):
     dist = ((centre / stride.unsqueeze(-1) - cell_xy - 0.5) ** 2).sum(-1)
     cell = grid.level_offsets[level] + cell_xy[..., 1].long() * sizes[..., 1] + cell_xy[..., 0].long()
     return cell, dist
-
-
-@functools.lru_cache(maxsize=32)
-def _as_tensor(values: tuple, device) -> torch.Tensor:
-    """A constant float32 tensor on ``device``, made once (see make_grid on host -> device copies)."""
-    return torch.tensor(values, dtype=torch.float32, device=device)
 
 
 def _nearest_per_slot(slot: torch.Tensor, dist: torch.Tensor, dump: int) -> torch.Tensor:
