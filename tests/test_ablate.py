@@ -1,39 +1,54 @@
-"""Ablation runner: Student-t statistics on known numbers, the ablation-file contract and its errors, caching and
-resuming, the report, and a tiny shapes ablation end to end (sequential, cached re-run, then --jobs 2)."""
+"""Ablation runner: statistics on known numbers (scipy-backed), the Holm correction, the long-tail buckets, the
+ablation-file contract, the committed result files (reuse on a fresh clone, invalidation), the report, and a tiny
+shapes ablation end to end (sequential, cached re-run, then --jobs 2)."""
 import csv
+import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from yolo import ablate
-from yolo.ablate import (CSV_COLUMNS, RunInterrupted, config_hash, format_markdown, load_ablation,
-                         paired_difference, plan_runs, run_ablation, run_one, summarize, summarize_tables,
-                         t_quantile, verdict, write_report)
+from yolo.ablate import execute, plan
+from yolo.ablate.buckets import assign_buckets, bucket_ap, bucket_of, describe_edges
+from yolo.ablate.cli import main, run_ablation
+from yolo.ablate.execute import RunInterrupted, run_one
+from yolo.ablate.plan import config_hash, plan_runs
+from yolo.ablate.report import format_markdown, write_report
+from yolo.ablate.spec import load_ablation
+from yolo.ablate.stats import (holm, min_detectable_difference, paired_difference, summarize, verdict,
+                               wilcoxon_floor)
+from yolo.ablate.tables import CSV_COLUMNS, last_quarter_gain, summarize_tables
 from yolo.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "configs" / "ablation"
+T_975_2 = 4.302653    # Student t quantiles from the published tables
+T_975_1 = 12.706205
 
 
 def _tiny(root: Path) -> dict:
     """Two classification losses on a reduced shapes set: a few seconds per run on a busy CPU."""
     return {
         "base": str(REPO / "configs" / "shapes.yaml"), "seeds": 2, "selection": "best_val", "baseline": "ce",
+        "results": str(root / "results"), "frequency_buckets": {"rare": 6, "frequent": None},
         "overrides": {
             "data": {"root": str(root / "shapes" / "VOCdevkit"), "shapes_train": 32, "shapes_val": 8,
                      "shapes_test": 8, "shapes_size": 64, "img_size": 32, "workers": 0},
             "model": {"channels": 16, "head_convs": 1},
-            "train": {"epochs": 1, "batch_size": 16, "eval_every": 1, "warmup_epochs": 0, "optimizer": "sgd"},
+            "train": {"epochs": 2, "batch_size": 16, "eval_every": 1, "warmup_epochs": 0, "optimizer": "sgd",
+                      "amp": "none"},
             "eval": {"conf_thresh": 0.0},  # an untrained head scores below the default 0.01: keep every box
         },
         "tables": [{"title": "Classification loss", "column": "classification loss", "rows": [
             {"name": "ce", "label": "CE", "overrides": {"loss": {"cls_loss": "ce"}}},
             {"name": "sigmoid_focal", "label": "sigmoid focal", "reference": 0.7195,
-             "overrides": {"loss": {"cls_loss": "sigmoid_focal"}}}]}],
+             "overrides": {"loss": {"cls_loss": "sigmoid_focal"}}},
+            {"name": "sigmoid_focal_softmax", "label": "sigmoid focal, scored with softmax",
+             "overrides": {"loss": {"cls_loss": "sigmoid_focal"}}, "scoring": {"cls_scoring": "softmax"}}]}],
     }
 
 
@@ -48,60 +63,101 @@ def _read_csv(path: Path) -> list[dict]:
 
 
 def _fail(*args, **kwargs):
-    raise AssertionError("a cached run was trained or evaluated again")
+    raise AssertionError("a run with a result was trained or evaluated again")
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # statistics
 
 
-@pytest.mark.parametrize("df,expected", [(2, 4.302653), (4, 2.776445), (10, 2.228139), (30, 2.042272)])
-def test_t_quantile_matches_published_values(df, expected):
-    assert t_quantile(0.975, df) == pytest.approx(expected, abs=1e-6)
-
-
-def test_t_quantile_closed_forms_and_symmetry():
-    for p in (0.6, 0.9, 0.975, 0.995):
-        assert t_quantile(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-10)    # Cauchy
-        assert t_quantile(p, 2) == pytest.approx((2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel=1e-10)
-        assert t_quantile(1 - p, 5) == pytest.approx(-t_quantile(p, 5), rel=1e-12)
-    assert t_quantile(0.975, 1000) == pytest.approx(1.962339, abs=1e-6)   # close to the normal 1.959964
-    with pytest.raises(ValueError, match="degrees of freedom"):
-        t_quantile(0.975, 0)
-
-
-def test_t_quantile_agrees_with_scipy():
-    stats = pytest.importorskip("scipy.stats", reason="scipy (not a dependency) cross-checks the closed form")
-    for df in range(1, 41):
-        for p in (0.55, 0.9, 0.95, 0.975, 0.995):
-            assert t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-9)
-
-
 def test_summarize_known_numbers():
     s = summarize([0.70, 0.72, 0.71])
-    half = 4.302653 * 0.01 / math.sqrt(3)
+    half = T_975_2 * 0.01 / math.sqrt(3)
     assert (s["n"], s["mean"], s["std"]) == (3, pytest.approx(0.71), pytest.approx(0.01))
-    assert s["ci_low"] == pytest.approx(0.71 - half, abs=1e-8)
-    assert s["ci_high"] == pytest.approx(0.71 + half, abs=1e-8)
-    one = summarize([0.5])
-    assert one == {"n": 1, "mean": 0.5, "std": None, "ci_low": None, "ci_high": None}
+    assert s["ci_low"] == pytest.approx(0.71 - half, abs=1e-6) and s["ci_high"] == pytest.approx(0.71 + half, abs=1e-6)
+    two = summarize([0.5, 0.6])
+    assert two["ci_high"] - two["mean"] == pytest.approx(T_975_1 * np.std([0.5, 0.6], ddof=1) / math.sqrt(2),
+                                                         rel=1e-6)
+    assert summarize([0.5]) == {"n": 1, "mean": 0.5, "std": None, "ci_low": None, "ci_high": None}
     assert summarize([])["mean"] is None
 
 
-def test_pairing_by_seed_separates_what_independent_intervals_cannot():
+def test_paired_t_test_by_hand_and_pairing_separates_what_independent_intervals_cannot():
     baseline = {0: 0.70, 1: 0.74, 2: 0.66}
     variant = {0: 0.711, 1: 0.752, 2: 0.670, 7: 0.9}     # seed 7 has no baseline: not paired
     diff = paired_difference(variant, baseline)
-    assert diff["seeds"] == [0, 1, 2]
+    assert diff["seeds"] == [0, 1, 2] and diff["wins"] == 3
     assert diff["mean"] == pytest.approx(0.011) and diff["std"] == pytest.approx(0.001)
-    assert diff["ci_low"] == pytest.approx(0.011 - 4.302653 * 0.001 / math.sqrt(3), abs=1e-8)
-    assert verdict(diff) == "better"
+    assert diff["ci_low"] == pytest.approx(0.011 - T_975_2 * 0.001 / math.sqrt(3), abs=1e-6)
+    # t = 0.011 / (0.001 / sqrt 3) = 19.05 on 2 df: p = 1 - t / sqrt(2 + t^2), the df = 2 closed form
+    t = 0.011 / (0.001 / math.sqrt(3))
+    assert diff["p_value"] == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-6)
+    assert verdict(diff, diff["p_value"]) == "better"
     # the unpaired 95% intervals of the two means overlap widely: only the pairing tells them apart
-    a, b = summarize(baseline.values()), summarize([variant[s] for s in (0, 1, 2)])
-    assert a["ci_high"] > b["ci_low"]
-    assert verdict(paired_difference(baseline, variant)) == "worse"
-    assert verdict(paired_difference({0: 0.7, 1: 0.71}, {0: 0.71, 1: 0.70})) == "not distinguishable at 2 seeds"
-    assert verdict(paired_difference({0: 0.7}, {0: 0.6})).startswith("one seed: no confidence interval")
+    assert summarize(baseline.values())["ci_high"] > summarize([variant[s] for s in (0, 1, 2)])["ci_low"]
+    reverse = paired_difference(baseline, variant)
+    assert verdict(reverse, reverse["p_value"]) == "worse" and reverse["wins"] == 0
+    close = paired_difference({0: 0.7, 1: 0.71}, {0: 0.71, 1: 0.70})
+    assert verdict(close, close["p_value"]) == "not distinguishable at 2 seeds"
+    assert verdict(paired_difference({0: 0.7}, {0: 0.6}), None).startswith("one seed")
+    # significant alone, not after a correction that pushes p over 0.05
+    assert verdict(diff, 0.06) == "not distinguishable at 3 seeds"
+
+
+def test_holm_adjustment_on_a_worked_example():
+    # m = 4: sorted 0.005, 0.01, 0.03, 0.04 -> 4 x 0.005, 3 x 0.01, max(2 x 0.03, ...), max(1 x 0.04, 0.06)
+    assert holm([0.01, 0.04, 0.03, None, 0.005]) == pytest.approx([0.03, 0.06, 0.06, None, 0.02])
+    assert holm([0.5, 0.9]) == [1.0, 1.0] and holm([]) == [] and holm([None]) == [None]
+    assert holm([0.02]) == [0.02]       # one comparison: nothing to correct
+
+
+def test_min_detectable_difference_has_the_power_it_claims():
+    std, n = 0.01, 5
+    delta = min_detectable_difference(std, n)
+    assert 0.9 * (2.776 + 0.941) * std / math.sqrt(n) < delta < 1.1 * (2.776 + 0.941) * std / math.sqrt(n)
+    rng = np.random.default_rng(0)              # simulate the t-test at that true difference: power ~ 0.8
+    samples = rng.normal(delta, std, size=(40000, n))
+    t = samples.mean(1) / (samples.std(1, ddof=1) / math.sqrt(n))
+    assert np.mean(np.abs(t) > 2.776445) == pytest.approx(0.8, abs=0.01)
+    assert min_detectable_difference(2 * std, n) == pytest.approx(2 * delta, rel=1e-6)   # scales with the sd
+    with pytest.raises(ValueError, match="n >= 2"):
+        min_detectable_difference(std, 1)
+
+
+def test_wilcoxon_cannot_reach_significance_at_five_seeds():
+    assert [wilcoxon_floor(n) for n in (3, 5, 6)] == pytest.approx([0.25, 0.0625, 0.03125])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the long tail and convergence
+
+
+def test_bucket_assignment_edges_and_ap():
+    buckets = {"rare": 300, "common": 500, "frequent": None}
+    assert [bucket_of(n, buckets) for n in (0, 299, 300, 499, 500, 1574)] == \
+        ["rare", "rare", "common", "common", "frequent", "frequent"]
+    members = assign_buckets({"a": 1574, "b": 430, "c": 190, "d": 258}, buckets)
+    assert members == {"rare": ["c", "d"], "common": ["b"], "frequent": ["a"]}
+    per_class = {"a": {"ap50_voc07": 0.9}, "b": {"ap50_voc07": None}, "c": {"ap50_voc07": 0.2},
+                 "d": {"ap50_voc07": 0.4}}
+    assert bucket_ap(per_class, members) == {"rare": pytest.approx(0.3), "common": None, "frequent": 0.9}
+    assert describe_edges(buckets) == "rare: < 300, common: 300-499, frequent: >= 500"
+
+
+@pytest.mark.parametrize("buckets,message", [
+    ({"rare": 300, "frequent": 100}, "increasing"), ({"rare": 300}, "last one null"), ([], "must map")])
+def test_bad_frequency_buckets_are_refused(tmp_path, buckets, message):
+    content = _tiny(tmp_path)
+    content["frequency_buckets"] = buckets
+    with pytest.raises(ConfigError, match=message):
+        load_ablation([_write(tmp_path / "a.yaml", content)])
+
+
+def test_last_quarter_gain_reads_the_val_curve():
+    history = [{"epoch": e, "voc07_map50": v} for e, v in ((3, 0.5), (6, 0.62), (9, 0.69), (12, 0.695))]
+    assert last_quarter_gain(history, 12) == pytest.approx(0.005)      # 12 vs 9 (= 3/4 of 12)
+    assert last_quarter_gain(history, 14) is None                      # no evaluation at the last epoch
+    assert last_quarter_gain(history[-1:], 12) is None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -119,13 +175,18 @@ def test_shipped_ablation_files_reproduce_the_reference_tables():
         "softmax_modified_focal": ("mse", "softmax_modified_focal", 0.7138),
         "sigmoid_focal": ("mse", "sigmoid_focal", 0.7195)}
     assert [t.baseline for t in voc.tables] == ["mse", "ce"]
-    shapes = load_ablation([SHIPPED / "shapes_conf_loss.yaml", SHIPPED / "shapes_cls_loss.yaml"])
-    assert shapes.selection == "best_val" and shapes.seeds == 3
+    files = sorted(SHIPPED.glob("shapes_*.yaml"))
+    shapes = load_ablation(files)
+    assert shapes.selection == "best_val" and shapes.seeds >= 3
+    assert shapes.results_dir == (REPO / "docs" / "ablations" / "shapes").resolve()
     assert all(v.reference is None and v.cfg.data.dataset == "shapes" for v in shapes.variants().values())
     runs = plan_runs(shapes, "unused")
-    # six rows, five distinct configs: MSE (table 1) and CE (table 2) are one run per seed
-    assert len(runs) == 5 * 3
-    assert sorted(r.variants for r in runs if len(r.variants) > 1) == [["mse", "ce"]] * 3
+    variants = shapes.variants()
+    # every row trains once per seed, except rows whose config another row already trains
+    distinct = {config_hash(v.cfg) for v in variants.values()}
+    assert len(runs) == len(distinct) * shapes.seeds < len(variants) * shapes.seeds
+    scored_twice = [r for r in runs if len(r.scorings) > 1]
+    assert scored_twice and all(set(r.scorings) == {"default", "cls_scoring=softmax"} for r in scored_twice)
 
 
 @pytest.mark.parametrize("change,message", [
@@ -135,6 +196,9 @@ def test_shipped_ablation_files_reproduce_the_reference_tables():
      "rows[1] (sigmoid_focal): row overrides: unknown key loss.cls_los"),
     (lambda a: a["tables"][0]["rows"][1].update(overrides={"loss": {"cls_loss": "focal"}}),
      "unknown loss 'focal'"),
+    (lambda a: a["tables"][0]["rows"][2].update(scoring={"lr": 0.1}), "lr not an eval setting"),
+    (lambda a: a["tables"][0]["rows"][2].update(scoring={"cls_scoring": "tanh"}),
+     "eval.cls_scoring: 'tanh' is not one of auto, softmax, sigmoid"),
     (lambda a: a["overrides"]["data"].update(val="shapes:test"), "best-on-test"),
     (lambda a: a["overrides"]["train"].update(seed=5), "train.seed is set by the ablation runner"),
     (lambda a: a.update(baseline="mse"), "baseline 'mse' is not a row name; rows: ce, sigmoid_focal"),
@@ -161,113 +225,148 @@ def test_files_of_one_report_must_agree_on_the_selection_rule(tmp_path):
         load_ablation([first, _write(tmp_path / "b.yaml", other)])
 
 
-def test_config_hash_ignores_where_and_how_a_run_is_placed_but_not_what_it_learns(tmp_path):
+def test_config_hash_ignores_where_and_how_a_run_is_placed_but_not_what_it_learns(tmp_path, monkeypatch):
     cfg = load_ablation([_write(tmp_path / "a.yaml", _tiny(tmp_path))]).variants()["ce"].cfg
     key = config_hash(cfg)
     for section, field, value in (("data", "root", "/elsewhere"), ("data", "workers", 8),
-                                  ("train", "device", "cuda:1"), ("train", "log_every", 1)):
+                                  ("train", "device", "cuda:1"), ("train", "log_every", 1), ("train", "seed", 4)):
         setattr(getattr(cfg, section), field, value)
     cfg.name, cfg.output_dir, cfg.logdir = "x", "y", "z"
     assert config_hash(cfg) == key
-    for section, field, value in (("loss", "gamma", 1.0), ("train", "seed", 1), ("eval", "nms_iou", 0.6)):
+    for section, field, value in (("loss", "gamma", 1.0), ("train", "amp", "bf16"), ("eval", "nms_iou", 0.6)):
         changed = load_ablation([tmp_path / "a.yaml"]).variants()["ce"].cfg
         setattr(getattr(changed, section), field, value)
         assert config_hash(changed) != key
+    monkeypatch.setattr(plan, "PROTOCOL_VERSION", plan.PROTOCOL_VERSION + 1)   # a code change that alters results
+    assert config_hash(cfg) != key
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# runs: resume, cache, failures (fit and the evaluation replaced by fakes)
+# runs: resume, result files, failures (fit and the evaluation replaced by fakes)
 
 
 def _fake_metrics(value: float) -> dict:
-    return {"voc07_map50": value, "voc_map50": value, "coco_ap": value / 2, "coco_ap50": value, "coco_ap75": 0.0}
+    per_class = {name: {"ap50_voc07": value} for name in ("red_circle", "blue_cross")}
+    return {"voc07_map50": value, "voc_map50": value, "coco_ap": value / 2, "coco_ap50": value, "coco_ap75": 0.0,
+            "per_class": per_class}
 
 
-def test_interrupted_run_resumes_from_last_pt_and_a_finished_run_is_cached(tmp_path, monkeypatch):
-    run = plan_runs(load_ablation([_write(tmp_path / "a.yaml", _tiny(tmp_path))]), tmp_path / "out")[0]
+def _fake_fit(calls: list, finish_at: int = 1, fail=lambda cfg: False):
+    def fit(cfg, resume=None, progress=True):
+        calls.append(resume)
+        if fail(cfg):
+            raise FloatingPointError("loss became NaN")
+        if len(calls) >= finish_at:
+            cfg.run_dir.mkdir(parents=True, exist_ok=True)
+            (cfg.run_dir / "best.pt").write_bytes(b"checkpoint")
+            (cfg.run_dir / "results.json").write_text(json.dumps({
+                "config": cfg.to_dict(), "history": [{"epoch": 1, "voc07_map50": 0.1}, {"epoch": 2,
+                                                                                         "voc07_map50": 0.105}],
+                "precision": "fp32", "train_s": 12.5}))
+    return fit
+
+
+def _fakes(monkeypatch, fit, score=lambda cfg: 0.25):
+    monkeypatch.setattr(execute, "fit", fit)
+    monkeypatch.setattr(execute, "prepare_data", lambda cfg: None)
+    monkeypatch.setattr(execute, "class_images", lambda cfg: {"red_circle": 20, "blue_cross": 3})
+    monkeypatch.setattr(execute, "load_checkpoint", lambda path: {"epoch": 2, "ema": None,
+                                                                  "metrics": {"voc07_map50": 0.5}})
+    monkeypatch.setattr(execute, "evaluate_checkpoint", lambda ckpt, cfg, split, weights: (
+        _fake_metrics(score(cfg)), {}, []))
+
+
+def test_interrupted_run_resumes_from_last_pt_and_its_result_file_is_written_once_done(tmp_path, monkeypatch):
+    ablation = load_ablation([_write(tmp_path / "a.yaml", _tiny(tmp_path))])
+    run = plan_runs(ablation, tmp_path / "out", ablation.results_dir)[0]
     last = run.cfg.run_dir / "last.pt"
     run.cfg.run_dir.mkdir(parents=True)
     last.write_bytes(b"stand-in for the checkpoint an interrupted invocation saved")
     calls = []
-
-    def fake_fit(cfg, resume=None, progress=True):
-        calls.append(resume)
-        if len(calls) == 2:                                          # the second try reaches the last epoch
-            (cfg.run_dir / "results.json").write_text("{}")
-
-    monkeypatch.setattr(ablate, "fit", fake_fit)
-    monkeypatch.setattr(ablate, "load_checkpoint", lambda path: {"epoch": 1, "ema": None,
-                                                                 "metrics": {"voc07_map50": 0.5}})
-    monkeypatch.setattr(ablate, "evaluate_checkpoint", lambda ckpt, cfg, split, weights: (_fake_metrics(0.25),
-                                                                                          {}, []))
+    _fakes(monkeypatch, _fake_fit(calls, finish_at=2))     # the second try reaches the last epoch
     with pytest.raises(RunInterrupted, match="run the same command again to resume"):
         run_one(run, "best_val", progress=False)
+    assert not run.result_path.exists()
     result = run_one(run, "best_val", progress=False)
     assert calls == [str(last), str(last)]
-    assert (result["checkpoint"], result["split"], result["val_voc07_map50"]) == ("best.pt", "shapes:test", 0.5)
-    assert result["test"]["voc07_map50"] == 0.25 and result["config_hash"] == run.key
+    assert run.result_path == tmp_path / "results" / "runs" / f"{run.key}.json"
+    assert json.loads(run.result_path.read_text()) == result
+    assert (result["key"], result["protocol"], result["seed"], result["train_s"]) == \
+        (run.key, plan.PROTOCOL_VERSION, 0, 12.5)
+    score = result["scores"]["best_val/default"]
+    assert (score["checkpoint"], score["split"], score["val_voc07_map50"], score["test"]["voc07_map50"]) == \
+        ("best.pt", "shapes:test", 0.5, 0.25)
+    assert result["history"][-1]["voc07_map50"] == 0.105 and result["class_images"]["blue_cross"] == 3
+    assert result["code_revision"] != "" and "CPU cores" in result["machine"]
 
-    monkeypatch.setattr(ablate, "fit", _fail)
-    monkeypatch.setattr(ablate, "evaluate_checkpoint", _fail)
+    monkeypatch.setattr(execute, "fit", _fail)
+    monkeypatch.setattr(execute, "evaluate_checkpoint", _fail)
     assert run_one(run, "best_val") == result
-    # another selection rule scores the trained run again, without training it
-    monkeypatch.setattr(ablate, "evaluate_checkpoint", lambda ckpt, cfg, split, weights: (_fake_metrics(0.2),
+    # another selection rule scores the trained run again from its checkpoint, without training it
+    monkeypatch.setattr(execute, "evaluate_checkpoint", lambda ckpt, cfg, split, weights: (_fake_metrics(0.2),
                                                                                           {}, []))
-    assert run_one(run, "final")["checkpoint"] == "last.pt"
+    (run.cfg.run_dir / "last.pt").write_bytes(b"checkpoint")
+    both = run_one(run, "final")
+    assert both["scores"]["final/default"]["checkpoint"] == "last.pt"
+    assert both["scores"]["best_val/default"] == result["scores"]["best_val/default"]
 
 
 def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path, monkeypatch):
     ablation = load_ablation([_write(tmp_path / "a.yaml", _tiny(tmp_path))])
-
-    def fake_fit(cfg, resume=None, progress=True):
-        if cfg.loss.cls_loss == "sigmoid_focal" and cfg.train.seed == 1:
-            raise FloatingPointError("loss became NaN")
-        cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        (cfg.run_dir / "results.json").write_text("{}")
-
-    monkeypatch.setattr(ablate, "prepare_data", lambda cfg: None)
-    monkeypatch.setattr(ablate, "fit", fake_fit)
-    monkeypatch.setattr(ablate, "load_checkpoint", lambda path: {"epoch": 1, "ema": None, "metrics": None})
-    monkeypatch.setattr(ablate, "evaluate_checkpoint",
-                        lambda ckpt, cfg, split, weights: (_fake_metrics(0.3 + 0.1 * cfg.train.seed), {}, []))
+    _fakes(monkeypatch, _fake_fit([], fail=lambda cfg: cfg.loss.cls_loss == "sigmoid_focal" and cfg.train.seed == 1),
+           score=lambda cfg: 0.3 + 0.1 * cfg.train.seed)
     out = run_ablation(ablation, tmp_path / "out", progress=False, command="python -m yolo.ablate ...")
     assert list(out["failures"].values()) == ["FloatingPointError: loss became NaN"]
-    assert len(out["rows"]) == 3
+    assert len(out["rows"]) == 2 + 1 + 1        # ce x 2 seeds, each sigmoid-focal row x 1 seed
     focal = out["summary"][0]["rows"][1]
-    assert focal["voc07_map50"]["n"] == 1 and focal["verdict"].startswith("one seed")
+    assert focal["voc07_map50"]["n"] == 1 and focal["paired"]["voc07_map50"]["verdict"].startswith("one seed")
     markdown = out["paths"]["md"].read_text()
     assert "Runs without a result (1 of 4" in markdown
-    assert "sigmoid_focal seed 1 (failed: FloatingPointError" in markdown
+    assert "sigmoid_focal = sigmoid_focal_softmax seed 1 (failed: FloatingPointError" in markdown
     assert "| sigmoid focal | 0.7195 | 0.3000 | — (1 seed) | 1 |" in markdown
+    assert out["paths"]["md"].parent == tmp_path / "results"     # the report lives with the result files
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # report
 
 
+def _known_rows():
+    values = {"ce": [0.70, 0.74, 0.66], "sigmoid_focal": [0.711, 0.752, 0.670],
+              "sigmoid_focal_softmax": [0.69, 0.735, 0.655]}
+    return [{"variant": name, "table": "Classification loss", "seed": seed, "voc07_map50": v, "coco_ap": v / 2,
+             "coco_ap50": v, "ap_rare": v - 0.2, "ap_frequent": v + 0.1, "last_quarter_gain": 0.004 * seed,
+             "history": [{"epoch": 1, "voc07_map50": v / 2}, {"epoch": 2, "voc07_map50": v}]}
+            for name, series in values.items() for seed, v in enumerate(series)]
+
+
 def test_report_on_known_numbers(tmp_path):
     ablation = load_ablation([_write(tmp_path / "a.yaml", _tiny(tmp_path))])
-    values = {"ce": [0.70, 0.74, 0.66], "sigmoid_focal": [0.711, 0.752, 0.670]}
-    rows = [{"variant": name, "seed": seed, "voc07_map50": v, "coco_ap": v / 2, "coco_ap50": v}
-            for name, series in values.items() for seed, v in enumerate(series)]
+    rows = _known_rows()
     summary = summarize_tables(ablation, rows)
-    setup = {"name": "a", "command": "python -m yolo.ablate --config a.yaml", "wall_s": 3725, "runs_s": 7300,
-             "num_runs": 6, "num_finished": 6, "seeds": 3, "missing": [], "machine": "test machine",
-             "device": "cpu", "selection": "`best_val`", "test": "shapes:test", "has_reference": True}
+    setup = {"name": "a", "command": "python -m yolo.ablate --config a.yaml", "wall_s": 3725, "train_s": 7300,
+             "num_runs": 6, "num_finished": 6, "seeds": 3, "missing": [], "stale": [], "machines": ["test machine"],
+             "devices": ["cpu, bf16"], "revisions": ["abc123"], "selection": "`best_val`", "test": "shapes:test",
+             "train": "shapes:train", "buckets": "rare: < 6, frequent: >= 6", "class_images": {},
+             "has_reference": True}
     markdown = format_markdown(summary, setup)
-    half = 4.302653 * 0.04 / math.sqrt(3)
+    half = T_975_2 * 0.04 / math.sqrt(3)
     assert f"| CE | — | 0.7000 ± 0.0400 | [{0.70 - half:.4f}, {0.70 + half:.4f}] | 3 | 0.3500 ± 0.0200 |" \
         in markdown
-    half = 4.302653 * 0.001 / math.sqrt(3)
+    focal = summary[0]["rows"][1]["paired"]["voc07_map50"]
+    softmax = summary[0]["rows"][2]["paired"]["voc07_map50"]
+    assert [focal["p_holm"], softmax["p_holm"]] == holm([focal["p_value"], softmax["p_value"]])
+    half = T_975_2 * 0.001 / math.sqrt(3)
     assert "| sigmoid focal | 0.7195 | 0.7110 ± 0.0410 |" in markdown
-    assert f"| +0.0110 | [{0.011 - half:+.4f}, {0.011 + half:+.4f}] | better |" in markdown
-    assert (f"- sigmoid focal vs CE: better (Δ = +0.0110, 95% CI [{0.011 - half:+.4f}, {0.011 + half:+.4f}], "
-            f"3 paired seeds).") in markdown
-    assert "| classification loss | reference mAP |" in markdown and "Δ vs CE" in markdown
-    assert "Wall time: 1h 02m for this invocation" in markdown
-    assert "| sigmoid focal | 0.7110 | 0.7520 | 0.6700 |" in markdown     # the per-seed table
-    paths = write_report(tmp_path / "report", summary, [], setup)
-    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths["png"].stat().st_size > 5000
+    assert f"| +0.0110 | [{0.011 - half:+.4f}, {0.011 + half:+.4f}] | {focal['p_holm']:.3f} | 3/3 |" in markdown
+    assert "- sigmoid focal vs CE: better (Δ = +0.0110" in markdown
+    assert "0/3 seeds higher" in markdown and "Wilcoxon signed-rank test cannot go below p = 0.2500" in markdown
+    assert "| CE | 0.5000 ± 0.0400 | (baseline) | 0.8000 ± 0.0400 | (baseline) |" in markdown   # the buckets
+    assert "| CE | +0.0000, +0.0040, +0.0080 | +0.0080 | yes |" in markdown                  # convergence
+    assert "| sigmoid focal | 0.7110 | 0.7520 | 0.6700 |" in markdown                          # per seed
+    paths = write_report(tmp_path / "report", summary, [], setup, ablation.buckets)
+    for chart in ("png", "curves", "buckets"):
+        assert paths[chart].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths[chart].stat().st_size > 5000
     assert _read_csv(paths["csv"]) == [] and paths["csv"].read_text().startswith(",".join(CSV_COLUMNS[:3]))
 
 
@@ -275,53 +374,61 @@ def test_report_on_known_numbers(tmp_path):
 # end to end
 
 
-def test_tiny_ablation_end_to_end(tmp_path, monkeypatch):
+def test_tiny_ablation_end_to_end_continues_on_a_fresh_clone(tmp_path, monkeypatch):
     path = _write(tmp_path / "tiny.yaml", _tiny(tmp_path))
-    out = tmp_path / "out"
+    out, results = tmp_path / "out", tmp_path / "results"
     first = run_ablation(load_ablation([path]), out, progress=False, command="test")
-    rows = _read_csv(out / "ablation.csv")
-    assert len(rows) == 4 and tuple(rows[0]) == CSV_COLUMNS and not first["failures"]
-    assert [(r["variant"], r["seed"]) for r in rows] == [("ce", "0"), ("ce", "1"), ("sigmoid_focal", "0"),
-                                                         ("sigmoid_focal", "1")]
-    assert {(r["selection"], r["checkpoint"], r["split"], r["epoch"]) for r in rows} == \
-        {("best_val", "best.pt", "shapes:test", "1")}
+    rows = _read_csv(results / "ablation.csv")
+    assert len(rows) == 6 and tuple(rows[0])[:len(CSV_COLUMNS)] == CSV_COLUMNS and not first["failures"]
+    assert [(r["variant"], r["seed"]) for r in rows] == [(v, s) for v in ("ce", "sigmoid_focal",
+                                                                          "sigmoid_focal_softmax") for s in "01"]
+    assert {(r["selection"], r["checkpoint"], r["split"]) for r in rows} == {("best_val", "best.pt", "shapes:test")}
+    assert len(first["runs"]) == 4 and len(list((results / "runs").glob("*.json"))) == 4
     for run in first["runs"]:
         assert run.name == f"{run.variants[0]}-s{run.seed}-{run.key[:8]}"
-        assert (out / "runs" / run.name / "ablation_result.json").is_file()
         assert list((out / "tb" / run.name).glob("events.out.tfevents.*"))
+    focal, softmax = ([r for r in rows if r["variant"] == name] for name in ("sigmoid_focal", "sigmoid_focal_softmax"))
+    assert [r["run"] for r in focal] == [r["run"] for r in softmax]          # one training, two scorings
+    assert [r["scoring"] for r in softmax] == ["cls_scoring=softmax"] * 2
 
-    # the statistics, by hand from the CSV: two seeds, t_{0.975, 1} = tan(0.475 pi) = 12.706205 (Cauchy)
-    t = math.tan(0.475 * math.pi)
-    ce, focal = ([float(r["voc07_map50"]) for r in rows if r["variant"] == name]
-                 for name in ("ce", "sigmoid_focal"))
-    ce_stats, focal_row = first["summary"][0]["rows"][0]["voc07_map50"], first["summary"][0]["rows"][1]
-    half = t * np.std(ce, ddof=1) / math.sqrt(2)
-    assert ce_stats["mean"] == pytest.approx(np.mean(ce))
-    assert ce_stats["ci_low"] == pytest.approx(np.mean(ce) - half, rel=1e-9, abs=1e-12)
-    differences = np.subtract(focal, ce)
-    half = t * np.std(differences, ddof=1) / math.sqrt(2)
-    assert focal_row["paired"]["ci_high"] == pytest.approx(differences.mean() + half, rel=1e-9, abs=1e-12)
-    markdown = (out / "ablation.md").read_text()
-    assert "| CE | — |" in markdown and "| sigmoid focal | 0.7195 |" in markdown
+    # the statistics, by hand from the CSV: two seeds, t_{0.975, 1} = 12.706205
+    ce = [float(r["voc07_map50"]) for r in rows if r["variant"] == "ce"]
+    ce_stats = first["summary"][0]["rows"][0]["voc07_map50"]
+    assert ce_stats["ci_low"] == pytest.approx(np.mean(ce) - T_975_1 * np.std(ce, ddof=1) / math.sqrt(2),
+                                               rel=1e-6, abs=1e-9)
+    markdown = (results / "ablation.md").read_text()
     assert f"| CE | — | {np.mean(ce):.4f} ± {np.std(ce, ddof=1):.4f} |" in markdown
-    assert (out / "ablation.png").stat().st_size > 0
 
-    # a re-run trains and evaluates nothing
-    monkeypatch.setattr(ablate, "fit", _fail)
-    monkeypatch.setattr(ablate, "evaluate_checkpoint", _fail)
-    assert ablate.main(["--config", str(path), "--output-dir", str(out), "--no-progress"]) == 0
-    assert _read_csv(out / "ablation.csv") == rows
+    # a fresh clone: the committed result files and the ablation file, no checkpoint: nothing is trained again
+    clone = tmp_path / "clone"
+    shutil.copytree(results / "runs", clone / "results" / "runs")
+    content = _tiny(tmp_path)
+    content["results"] = str(clone / "results")
+    cloned = _write(tmp_path / "clone.yaml", content)
+    monkeypatch.setattr(execute, "fit", _fail)
+    monkeypatch.setattr(execute, "evaluate_checkpoint", _fail)
+    assert main(["--config", str(cloned), "--output-dir", str(clone / "out"), "--no-progress"]) == 0
+    assert _read_csv(clone / "results" / "ablation.csv") == rows
+    assert not (clone / "out").exists()
+
+    # a code change that alters results: the protocol version is bumped and every run is trained again
+    trained = []
+    monkeypatch.setattr(execute, "fit", lambda cfg, resume=None, progress=True: trained.append(cfg.name))
+    monkeypatch.setattr(plan, "PROTOCOL_VERSION", plan.PROTOCOL_VERSION + 1)
+    with pytest.raises(RunInterrupted):   # the fake fit writes no results.json: the run did not finish
+        run_ablation(load_ablation([cloned]), clone / "out", progress=False)
+    assert len(trained) == 1
+    monkeypatch.undo()
 
     # a third seed, two runs at a time in spawned processes (which train for real): only the new runs train
-    assert ablate.main(["--config", str(path), "--output-dir", str(out), "--seeds", "3", "--jobs", "2"]) == 0
-    grown = _read_csv(out / "ablation.csv")
-    assert len(grown) == 6 and [r for r in grown if r["seed"] != "2"] == rows
-    assert {r["variant"] for r in grown if r["seed"] == "2"} == {"ce", "sigmoid_focal"}
+    assert main(["--config", str(path), "--output-dir", str(out), "--seeds", "3", "--jobs", "2"]) == 0
+    grown = _read_csv(results / "ablation.csv")
+    assert len(grown) == 9 and [r for r in grown if r["seed"] != "2"] == rows
 
 
 def test_report_only_trains_nothing_and_lists_the_missing_runs(tmp_path, monkeypatch):
     ablation = load_ablation([_write(tmp_path / "a.yaml", _tiny(tmp_path))])
-    monkeypatch.setattr(ablate, "fit", _fail)
+    monkeypatch.setattr(execute, "fit", _fail)
     out = run_ablation(ablation, tmp_path / "out", report_only=True)
-    assert out["rows"] == [] and "Runs without a result (4 of 4" in out["paths"]["md"].read_text()
-    assert "ce seed 0 (not run)" in out["paths"]["md"].read_text()
+    markdown = out["paths"]["md"].read_text()
+    assert out["rows"] == [] and "Runs without a result (4 of 4" in markdown and "ce seed 0 (not run)" in markdown

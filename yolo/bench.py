@@ -82,7 +82,8 @@ def synthetic_batch(batch: int, size: int, num_classes: int, device, boxes_per_i
 def bench_step(device, batch: int, size: int, amp: str, channels_last: bool, compile_model: bool,
                iters: int, warmup: int, cls_loss: str = "ce") -> dict:
     """Images/s of ``yolo.engine.train_step`` (forward, assignment, every loss term, backward, SGD)."""
-    from yolo.engine import autocast_dtype, train_step
+    from yolo.engine import train_step
+    from yolo.hardware import autocast_dtype
     from yolo.model import YOLO
 
     cfg = Config()
@@ -210,7 +211,8 @@ def run_data(args) -> list[dict]:
 
 def run_train(args) -> list[dict]:
     from yolo.data.loader import cycle_epochs
-    from yolo.engine import autocast_dtype, train_step
+    from yolo.engine import train_step
+    from yolo.hardware import autocast_dtype
     from yolo.fit import build_loaders, build_optimizer, prepare_data
     from yolo.model import build_model
 
@@ -261,7 +263,8 @@ def run_eval(args) -> list[dict]:
     from yolo.data.transforms import eval_transform
     from yolo.data.voc import VOCDataset, load_records
     from yolo.decode import decode
-    from yolo.engine import autocast_dtype, grid_for, sigmoid_scores, to_detection_records
+    from yolo.engine import grid_for, sigmoid_scoring, to_detection_records
+    from yolo.hardware import autocast_dtype
     from yolo.fit import model_from_checkpoint, prepare_data
     from yolo.metrics import evaluate_detections
     from yolo.model import build_model
@@ -289,7 +292,7 @@ def run_eval(args) -> list[dict]:
             _sync(device)
             mid = time.perf_counter()
             grid = grid_for(tuple(images.shape[-2:]), model.strides, device)
-            dets = decode(preds, grid, sigmoid_scores(cfg.loss.cls_loss), cfg.eval.conf_thresh, cfg.eval.nms_iou,
+            dets = decode(preds, grid, sigmoid_scoring(cfg, cfg.train.epochs - 1), cfg.eval.conf_thresh, cfg.eval.nms_iou,
                           cfg.eval.max_det, cfg.eval.pre_nms_topk)
             for det, meta in zip(dets, targets["meta"]):
                 detections.extend(to_detection_records(det, meta))

@@ -87,11 +87,12 @@ class TrainConfig:
     lr_gamma: float = 0.1
     warmup_epochs: float = 2.0
     grad_clip: float = 10.0                  # max gradient norm, 0 disables
-    amp: str = "auto"                        # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | none
+    amp: str = "auto"                        # auto (bf16 where the device has it natively) | bf16 | fp16 | none
     channels_last: bool = True
     compile: bool = False
     ema: bool = False
     ema_decay: float = 0.9998
+    ema_ramp_steps: float = 2000.0           # the EMA decay ramps up as decay * (1 - exp(-step / ema_ramp_steps))
     eval_every: int = 10                     # epochs; the last epoch is always evaluated
     log_every: int = 20                      # steps between logged loss values
     seed: int = 0
@@ -105,6 +106,7 @@ class EvalConfig:
     max_det: int = 100
     pre_nms_topk: int = 1000
     coco_backend: str = "pycocotools"        # pycocotools | faster
+    cls_scoring: str = "auto"                # class scores at inference: auto (match the loss) | softmax | sigmoid
 
 
 @dataclass
@@ -135,6 +137,7 @@ CHOICES = {
     ("train", "scheduler"): ("step", "cosine"),
     ("train", "amp"): ("auto", "bf16", "fp16", "none"),
     ("eval", "coco_backend"): ("pycocotools", "faster"),
+    ("eval", "cls_scoring"): ("auto", "softmax", "sigmoid"),
 }
 
 
@@ -231,7 +234,8 @@ def validate(cfg: Config) -> Config:
         if size <= 0 or size % 32:
             raise ConfigError(f"data.img_size / data.multiscale: {size} is not a positive multiple of 32")
     _check_positive(cfg, [("train", "epochs"), ("train", "batch_size"), ("train", "lr"), ("model", "channels"),
-                          ("eval", "max_det"), ("train", "eval_every"), ("train", "log_every")])
+                          ("eval", "max_det"), ("train", "eval_every"), ("train", "log_every"),
+                          ("train", "ema_ramp_steps")])
     if not 0 < cfg.model.prior_prob < 1:
         raise ConfigError(f"model.prior_prob must be in (0, 1), got {cfg.model.prior_prob}")
     expected = 2 if cfg.model.neck == "fpn" else 0

@@ -32,11 +32,12 @@ class NonFiniteLoss(RuntimeError):
 
 class ModelEMA:
     """Exponential moving average of the weights (and buffers), with the decay ramped up over the first updates
-    as in timm / ultralytics: decay_t = decay * (1 - exp(-t / 2000)). Updated on the device without syncing."""
+    as in timm / ultralytics: decay_t = decay * (1 - exp(-t / ramp_steps)) (ultralytics: 2000 steps; a short run
+    wants a shorter ramp). Updated on the device without syncing."""
 
-    def __init__(self, model: torch.nn.Module, decay: float):
+    def __init__(self, model: torch.nn.Module, decay: float, ramp_steps: float = 2000.0):
         self.module = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
-        self.decay, self.updates = decay, 0
+        self.decay, self.ramp_steps, self.updates = decay, ramp_steps, 0
         # state_dict() tensors share storage with the modules, so these lists stay valid (loads copy in place)
         self._ema = [t for t in self.module.state_dict().values() if t.dtype.is_floating_point]
         self._live = [t for t in unwrap(model).state_dict().values() if t.dtype.is_floating_point]
@@ -44,7 +45,7 @@ class ModelEMA:
     @torch.no_grad()
     def update(self):
         self.updates += 1
-        decay = self.decay * (1 - math.exp(-self.updates / 2000))
+        decay = self.decay * (1 - math.exp(-self.updates / self.ramp_steps))
         torch._foreach_lerp_(self._ema, self._live, 1 - decay)
 
     def state_dict(self):
@@ -65,13 +66,6 @@ def unwrap(model):
 @functools.lru_cache(maxsize=16)
 def grid_for(image_hw: tuple[int, int], strides: tuple[int, ...], device: torch.device):
     return make_grid(image_hw, strides, device)
-
-
-def autocast_dtype(amp: str, device: torch.device):
-    """None (full precision) or the autocast dtype of ``train.amp``; ``auto`` is bf16 on CUDA and off on CPU."""
-    if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
 
 
 def cls_loss_for_epoch(cfg, epoch: int) -> str:
@@ -256,6 +250,13 @@ def evaluate(model, loader, classes, cfg, *, device, sigmoid_cls: bool, amp_dtyp
     return results, pr_curves, detections
 
 
-def sigmoid_scores(cls_loss: str) -> bool:
-    """Whether a classification loss is scored with per-class sigmoids at inference."""
-    return cls_loss in SIGMOID_CLS_LOSSES
+def sigmoid_scoring(cfg, epoch: int) -> bool:
+    """Whether class scores at inference are per-class sigmoids (else a softmax over classes).
+
+    ``eval.cls_scoring``: ``auto`` matches the classification loss the head was trained with in ``epoch``
+    (sigmoid for ``sigmoid_focal``, softmax for the others); ``softmax`` / ``sigmoid`` force one, e.g. to score a
+    sigmoid-focal head the way the reference code base decodes every head, softmax(class) x sigmoid(object).
+    """
+    if cfg.eval.cls_scoring == "auto":
+        return cls_loss_for_epoch(cfg, epoch) in SIGMOID_CLS_LOSSES
+    return cfg.eval.cls_scoring == "sigmoid"

@@ -18,11 +18,13 @@ from yolo.data.loader import build_loader
 from yolo.data.shapes import ensure_shapes
 from yolo.data.transforms import SSD_MIN_IOUS, eval_transform, train_transform
 from yolo.data.voc import VOCDataset, load_records, read_classes
-from yolo.engine import (ModelEMA, autocast_dtype, cls_loss_for_epoch, evaluate, sigmoid_scores,
-                         train_one_epoch)
+from yolo.engine import ModelEMA, evaluate, sigmoid_scoring, train_one_epoch
+from yolo.hardware import autocast_dtype, log_precision
 from yolo.model import build_model
 
 logger = logging.getLogger(__name__)
+
+HISTORY_KEYS = ("voc07_map50", "voc_map50", "coco_ap", "coco_ap50")   # the val curve kept with a run
 
 NO_DATA_HELP = """no PASCAL VOC data at {root}.
   * Download it (about 2.8 GB):   python data/download_voc.py --root data/
@@ -92,13 +94,17 @@ def build_loaders(cfg, root, classes, rank: int, world_size: int):
 
 
 def build_optimizer(model, tcfg) -> torch.optim.Optimizer:
-    """SGD (or AdamW); no weight decay on biases and normalisation weights (they are 1-D)."""
+    """SGD (or AdamW); no weight decay on biases and normalisation weights (they are 1-D).
+
+    The fused implementations update every parameter in one kernel: on 2 CPU cores the AdamW step of this
+    12.6 M-parameter model takes 5.5 ms fused against 21.6 ms with ``foreach`` (SGD 3.6 against 9.9 ms).
+    """
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if tcfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=tcfg.lr, momentum=tcfg.momentum, nesterov=False)
-    return torch.optim.AdamW(groups, lr=tcfg.lr)
+        return torch.optim.SGD(groups, lr=tcfg.lr, momentum=tcfg.momentum, nesterov=False, fused=True)
+    return torch.optim.AdamW(groups, lr=tcfg.lr, fused=True)
 
 
 def lr_factor(step: int, steps_per_epoch: int, tcfg) -> float:
@@ -168,11 +174,16 @@ def _run(cfg, resume, progress, device, rank, world_size, stop) -> dict:
     steps_per_epoch = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, cfg.train))
     amp_dtype = autocast_dtype(cfg.train.amp, device)
+    precision = log_precision(cfg.train.amp, device, amp_dtype)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    ema = ModelEMA(model, cfg.train.ema_decay) if cfg.train.ema else None
-    state = {"epoch": 0, "step_in_epoch": 0, "best": -1.0, "metrics": None}
+    ema = ModelEMA(model, cfg.train.ema_decay, cfg.train.ema_ramp_steps) if cfg.train.ema else None
+    state = {"epoch": 0, "step_in_epoch": 0, "best": -1.0, "metrics": None, "history": [], "train_s": 0.0,
+             "precision": precision}
     if resume:
         state = _restore(load_checkpoint(resume), model, optimizer, scheduler, scaler, ema)
+        if state["precision"] != precision:
+            logger.warning("%s was trained in %s so far and continues in %s", resume, state["precision"], precision)
+            state["precision"] = f"{state['precision']}+{precision}"
         logger.info("resumed %s at epoch %d step %d", resume, state["epoch"], state["step_in_epoch"])
     parts = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema, cfg=cfg,
                  classes=classes, steps_per_epoch=steps_per_epoch)
@@ -181,7 +192,7 @@ def _run(cfg, resume, progress, device, rank, world_size, stop) -> dict:
         state = _epochs(_wrap(model, cfg, device, world_size), train_loader, val_loader, parts, state, device,
                         amp_dtype, writer, stop, progress)
         if rank == 0 and not stop.requested and state["metrics"] is not None:
-            _write_results(cfg.run_dir, cfg, state["metrics"], writer)
+            _write_results(cfg.run_dir, cfg, state, writer)
     finally:
         if writer is not None:
             writer.close()
@@ -220,10 +231,12 @@ def _epochs(train_model, train_loader, val_loader, parts, state, device, amp_dty
         logger.info("epoch %d/%d: %s (%.0f s, %.1f images/s)", epoch + 1, cfg.train.epochs,
                     " ".join(f"{k}={v:.4f}" for k, v in out["terms"].items()), out["seconds"],
                     out["images"] / max(out["seconds"], 1e-9))
-        state.update(epoch=epoch + 1 if done else epoch, step_in_epoch=0 if done else out["steps"])
+        state.update(epoch=epoch + 1 if done else epoch, step_in_epoch=0 if done else out["steps"],
+                     train_s=state["train_s"] + out["seconds"])
         if done and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs):
             global_step = (epoch + 1) * parts["steps_per_epoch"]
             state["metrics"] = _evaluate(parts, val_loader, epoch, global_step, device, amp_dtype, writer)
+            state["history"].append({"epoch": epoch + 1, **{k: state["metrics"][k] for k in HISTORY_KEYS}})
             if state["metrics"]["voc07_map50"] is not None and state["metrics"]["voc07_map50"] > state["best"]:
                 state["best"] = state["metrics"]["voc07_map50"]
                 _save(parts, state, "best.pt")
@@ -247,7 +260,7 @@ def _evaluate(parts, val_loader, epoch, step, device, amp_dtype, writer) -> dict
     eval_model = parts["ema"].module if parts["ema"] is not None else parts["model"]
     drawn, on_batch = image_collector(parts["classes"])
     results, pr_curves, _ = evaluate(eval_model, val_loader, parts["classes"], cfg, device=device,
-                                     sigmoid_cls=sigmoid_scores(cls_loss_for_epoch(cfg, epoch)),
+                                     sigmoid_cls=sigmoid_scoring(cfg, epoch),
                                      amp_dtype=amp_dtype, on_batch=on_batch if writer is not None else None)
     if distributed.is_main():
         logger.info("epoch %d: VOC07 mAP@0.5 %.4f, COCO AP %.4f\n%s", epoch + 1, results["voc07_map50"] or 0.0,
@@ -286,14 +299,17 @@ def _restore(ckpt, model, optimizer, scheduler, scaler, ema) -> dict:
             raise ValueError("the checkpoint has no EMA weights but train.ema is on; resume with --ema false")
         ema.load_state_dict(ckpt["ema"])
     set_rng_state(ckpt["rng"])
-    return {k: ckpt[k] for k in ("epoch", "step_in_epoch", "best", "metrics")}
+    return {k: ckpt[k] for k in ("epoch", "step_in_epoch", "best", "metrics", "history", "train_s", "precision")}
 
 
-def _write_results(run_dir, cfg, metrics, writer):
+def _write_results(run_dir, cfg, state, writer):
+    """``results.json``: the config, the last val metrics, the val curve, the precision and the training time."""
     from yolo.summary import log_hparams
-    (run_dir / "results.json").write_text(json.dumps({"config": cfg.to_dict(), "val": metrics}, indent=1))
+    results = {"config": cfg.to_dict(), "val": state["metrics"], "history": state["history"],
+               "precision": state["precision"], "train_s": state["train_s"]}
+    (run_dir / "results.json").write_text(json.dumps(results, indent=1))
     if writer is not None:
-        log_hparams(writer, cfg.to_dict(), metrics)
+        log_hparams(writer, cfg.to_dict(), state["metrics"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -331,6 +347,5 @@ def evaluate_checkpoint(ckpt: dict, cfg, split: str, weights: str = "auto"):
                           seed=cfg.train.seed)
     model = model_from_checkpoint(ckpt, cfg, device, weights)
     trained_epoch = max(ckpt.get("epoch", 1) - 1, 0)  # the head was last trained with this epoch's loss
-    return evaluate(model, loader, classes, cfg, device=device,
-                    sigmoid_cls=sigmoid_scores(cls_loss_for_epoch(cfg, trained_epoch)),
+    return evaluate(model, loader, classes, cfg, device=device, sigmoid_cls=sigmoid_scoring(cfg, trained_epoch),
                     amp_dtype=autocast_dtype(cfg.train.amp, device))

@@ -18,8 +18,9 @@ from yolo.config import from_dict
 from yolo.data.transforms import eval_transform, to_original
 from yolo.data.voc import ImageDecodeError, decode_image
 from yolo.distributed import local_device
-from yolo.engine import autocast_dtype, predict, sigmoid_scores
+from yolo.engine import predict, sigmoid_scoring
 from yolo.fit import model_from_checkpoint
+from yolo.hardware import autocast_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ def detect(model, image_rgb, cfg, device, transform) -> dict:
     """Detections of one HxWx3 uint8 RGB image, boxes in its own float pixel-edge coordinates."""
     sample = transform(image_rgb, np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
     image = torch.from_numpy(sample["image"]).permute(2, 0, 1).unsqueeze(0).to(device)
-    det = predict(model, image, cfg, sigmoid_cls=sigmoid_scores(cfg.loss.cls_loss),
+    det = predict(model, image, cfg, sigmoid_cls=sigmoid_scoring(cfg, cfg.train.epochs - 1),
                   amp_dtype=autocast_dtype(cfg.train.amp, device))[0]
     boxes = to_original(det["boxes_xyxy"].float().cpu(), sample["scale"], sample["pad"], image_rgb.shape[:2])
     return {"boxes_xyxy": boxes, "scores": det["scores"].float().cpu(), "labels": det["labels"].cpu()}

@@ -1,0 +1,241 @@
+"""Running the runs: train (or resume) each one through ``fit``, score its selected checkpoint on the test split
+once per scoring its variants need, and write its result file as soon as it is done.
+
+In this process one run after another, or ``--jobs N`` spawned processes (one per run). A failed run is logged and
+left out while the others go on; an interrupted one resumes from its ``last.pt`` next time.
+"""
+import copy
+import dataclasses
+import datetime
+import json
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import sys
+import time
+
+import torch
+
+from yolo.ablate.plan import PROTOCOL_VERSION, Run, config_hash
+from yolo.ablate.results import code_revision, missing_scores, read_result, score_key, write_result
+from yolo.ablate.spec import METRIC, scored_with
+from yolo.checkpoint import load_checkpoint
+from yolo.distributed import local_device
+from yolo.fit import evaluate_checkpoint, fit, prepare_data
+from yolo.hardware import describe_device, describe_machine
+
+logger = logging.getLogger(__name__)
+
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+EXIT_INTERRUPTED = 3
+
+
+class RunInterrupted(RuntimeError):
+    """Training stopped before its last epoch (SIGINT / SIGTERM); re-running the ablation resumes it."""
+
+
+def run_one(run: Run, selection: str, progress: bool = True) -> dict:
+    """Train (or resume) one run, score it, write ``run.result_path``; returns the result (see yolo.ablate.results).
+
+    A committed result is reused as it is; one that lacks a scoring is completed from the run's checkpoint, or by
+    training the run again where the checkpoint is not on this machine (a fresh clone). Raises ``RunInterrupted``.
+    """
+    result = read_result(run)
+    if result is not None and not missing_scores(result, run, selection):
+        return result
+    checkpoint = run.cfg.run_dir / ("best.pt" if selection == "best_val" else "last.pt")
+    if result is None or not checkpoint.is_file():
+        result = {**_train(run, progress), "scores": result["scores"] if result else {}}
+    for scoring in missing_scores(result, run, selection):
+        result["scores"][score_key(selection, scoring)] = _score(run, checkpoint, scoring)
+    write_result(run.result_path, result)
+    return result
+
+
+def _train(run: Run, progress: bool) -> dict:
+    """Train to the last epoch (resuming ``last.pt``); returns the training part of the result.
+
+    ``fit`` writes ``results.json`` only once the last epoch is trained and evaluated: it marks a finished run
+    (the folder is the config's own: its name holds the config hash).
+    """
+    cfg = run.cfg
+    finished = cfg.run_dir / "results.json"
+    if not finished.is_file():
+        last = cfg.run_dir / "last.pt"
+        if last.is_file():
+            logger.info("resuming %s from %s", cfg.run_dir, last)
+        fit(cfg, resume=str(last) if last.is_file() else None, progress=progress)
+        if not finished.is_file():
+            raise RunInterrupted(f"{cfg.run_dir} stopped before its last epoch; run the same command again to resume")
+    trained = json.loads(finished.read_text())
+    return {"protocol": PROTOCOL_VERSION, "key": run.key, "config_hash": config_hash(cfg), "seed": run.seed,
+            "variants": run.variants, "config": trained["config"], "history": trained["history"],
+            "precision": trained["precision"], "train_s": trained["train_s"], "class_images": class_images(cfg),
+            "machine": describe_machine(), "device": describe_device(local_device(cfg.train.device)),
+            "code_revision": code_revision(),
+            "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def _score(run: Run, checkpoint, scoring: str) -> dict:
+    """The checkpoint's metrics on ``data.test`` with the ``scoring`` eval overrides (EMA weights when it has them)."""
+    cfg = scored_with(run.cfg, run.scorings[scoring])
+    ckpt = load_checkpoint(checkpoint)
+    tic = time.perf_counter()
+    metrics, _, _ = evaluate_checkpoint(ckpt, cfg, cfg.data.test, weights="auto")
+    return {"checkpoint": checkpoint.name, "epoch": ckpt["epoch"],
+            "weights": "model" if ckpt.get("ema") is None else "ema", "split": cfg.data.test,
+            "val_voc07_map50": (ckpt.get("metrics") or {}).get(METRIC), "eval_s": time.perf_counter() - tic,
+            "test": metrics}
+
+
+def class_images(cfg) -> dict:
+    """{class name: training images holding at least one training target of it} (difficult objects count only
+    with ``data.train_difficult``): the frequency the long-tail buckets are drawn on."""
+    from yolo.data.voc import load_records
+    root, classes = prepare_data(cfg)
+    counts = dict.fromkeys(classes, 0)
+    for record in load_records(root, cfg.data.train, classes):
+        labels = record.labels if cfg.data.train_difficult else record.labels[~record.difficult]
+        for label in set(labels.tolist()):
+            counts[classes[label]] += 1
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# many runs
+
+
+class Progress:
+    """``[run 3/12] sigmoid_focal seed 1 (elapsed 5m 02s, ETA 15m 10s)``: the ETA assumes the remaining runs take
+    as long as the finished ones did (with --jobs N, N at a time, which the elapsed time already reflects)."""
+
+    def __init__(self, total: int, selection: str):
+        self.total, self.selection, self.started, self.finished = total, selection, 0, 0
+        self.tic = time.perf_counter()
+
+    def start(self, run: Run) -> str:
+        self.started += 1
+        elapsed = time.perf_counter() - self.tic
+        eta = duration(elapsed / self.finished * (self.total - self.finished)) if self.finished else "?"
+        device = "" if run.cfg.train.device == "auto" else f" on {run.cfg.train.device}"
+        return (f"[run {self.started}/{self.total}] {' = '.join(run.variants)} seed {run.seed}{device} "
+                f"(elapsed {duration(elapsed)}, ETA {eta})")
+
+    def finish(self, run: Run, result: dict | None) -> str:
+        self.finished += 1
+        score = None if result is None else result["scores"].get(score_key(self.selection, "default"))
+        outcome = "failed" if result is None else (
+            f"train {duration(result['train_s'])}" + ("" if score is None else
+                                                       f", test mAP {score['test'][METRIC]:.4f}"))
+        return f"[done {self.finished}/{self.total}] {' = '.join(run.variants)} seed {run.seed}: {outcome}"
+
+
+def duration(seconds: float) -> str:
+    """``1h 02m``, ``5m 02s`` or ``42s``."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def cached_results(runs: list[Run], selection: str) -> dict:
+    """{run key: result} of the runs whose committed result holds every score their variants need."""
+    cached = {run.key: read_result(run) for run in runs}
+    return {run.key: cached[run.key] for run in runs
+            if cached[run.key] is not None and not missing_scores(cached[run.key], run, selection)}
+
+
+def execute(runs: list[Run], selection: str, *, jobs: int = 1, devices: list[str] | None = None,
+            progress: bool = True) -> tuple[dict, dict]:
+    """Run every run without a complete result; returns ({run key: result}, {run key: why it failed}).
+
+    ``RunInterrupted`` and ``KeyboardInterrupt`` stop everything (finished runs keep their result files, the
+    interrupted one resumes next time). ``devices``: run slot i (of ``jobs``) trains on ``devices[i %
+    len(devices)]``; default: the config's device.
+    """
+    results = cached_results(runs, selection)
+    todo = [run for run in runs if run.key not in results]
+    logger.info("%d runs: %d with a result already, %d to run", len(runs), len(results), len(todo))
+    for cfg in {json.dumps(dataclasses.asdict(r.cfg.data), sort_keys=True): r.cfg for r in todo}.values():
+        prepare_data(cfg)  # generate / check the data once, before runs (or processes) use it
+    if jobs == 1:
+        failures = _run_sequential(todo, selection, results, devices, progress)
+    else:
+        failures = _run_parallel(todo, selection, results, jobs, devices)
+    return results, failures
+
+
+def _on_device(run: Run, device: str | None) -> Run:
+    if device is None:
+        return run
+    cfg = copy.deepcopy(run.cfg)
+    cfg.train.device = device
+    return dataclasses.replace(run, cfg=cfg)
+
+
+def _run_sequential(todo, selection, results, devices, progress) -> dict:
+    clock, failures = Progress(len(todo), selection), {}
+    for run in todo:
+        run = _on_device(run, devices[0] if devices else None)
+        logger.info(clock.start(run))
+        try:
+            results[run.key] = run_one(run, selection, progress)
+        except RunInterrupted:
+            raise
+        except Exception as exc:  # one failed run must not lose the others: logged, reported, retried next time
+            logger.exception("run %s failed", run.name)
+            failures[run.key] = f"{type(exc).__name__}: {exc}"
+        logger.info(clock.finish(run, results.get(run.key)))
+    return failures
+
+
+def _run_parallel(todo, selection, results, jobs, devices) -> dict:
+    """``jobs`` spawned processes at a time, one per run (a fresh process: no state leaks between runs)."""
+    context = multiprocessing.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // jobs)  # the CPU's cores shared, not oversubscribed
+    clock, failures, queue, free, alive = Progress(len(todo), selection), {}, list(todo), list(range(jobs)), {}
+    try:
+        while queue or alive:
+            while queue and free:
+                slot, run = free.pop(0), queue.pop(0)
+                run = _on_device(run, devices[slot % len(devices)] if devices else None)
+                logger.info(clock.start(run))
+                process = context.Process(target=_child, args=(run, selection, threads), name=run.name)
+                process.start()
+                alive[process.sentinel] = (process, run, slot)
+            for sentinel in multiprocessing.connection.wait(list(alive)):
+                process, run, slot = alive.pop(sentinel)
+                process.join()
+                free.append(slot)
+                _collect(process.exitcode, run, selection, results, failures)
+                logger.info(clock.finish(run, results.get(run.key)))
+    finally:
+        for process, _, _ in alive.values():  # after Ctrl-C they save a checkpoint and stop: wait for that
+            process.join()
+    return failures
+
+
+def _collect(exitcode: int, run: Run, selection: str, results: dict, failures: dict):
+    if exitcode == EXIT_INTERRUPTED:
+        raise RunInterrupted(f"{run.cfg.run_dir} was interrupted; run the same command again to resume")
+    result = read_result(run) if exitcode == 0 else None
+    if result is None or missing_scores(result, run, selection):
+        failures[run.key] = f"process exit code {exitcode} (the traceback is in the log above)"
+        logger.error("run %s failed: %s", run.name, failures[run.key])
+    else:
+        results[run.key] = result
+
+
+def _child(run: Run, selection: str, threads: int):
+    """A --jobs process: one run; exit status 0 (done, result written), 1 (failed) or EXIT_INTERRUPTED."""
+    logging.basicConfig(level=logging.INFO, format=f"[{run.name}] {LOG_FORMAT}")
+    torch.set_num_threads(threads)
+    try:
+        run_one(run, selection, progress=False)
+    except RunInterrupted as exc:
+        logger.warning("%s", exc)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception:
+        logger.exception("run %s failed", run.name)
+        sys.exit(1)
