@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from yolo.data.loader import (
-    EpochSampler, aug_seeds, build_loader, collate, measure_loader_throughput, measure_sample_costs)
+    EpochSampler, ThreadLoader, aug_seeds, build_loader, collate, measure_loader_throughput, measure_sample_costs)
 from yolo.data.shapes import generate
 from yolo.data.transforms import train_transform
 from yolo.data.voc import VOCDataset, load_records
@@ -106,6 +106,50 @@ def test_batches_do_not_depend_on_workers_or_resume(dataset):
     assert [b[2] for b in resumed] == [b[2] for b in expected[1:]]
     assert all(torch.equal(a[0], b[0]) for a, b in zip(resumed, expected[1:]))
     assert _epoch(in_process, 0)[0][2] != _epoch(in_process, 1)[0][2]
+
+
+def test_batches_are_channels_last_views_of_the_augmented_pixels(dataset):
+    image, _ = dataset[(3, 11)]
+    pixels = dataset.transform(*_decoded(dataset, 3), seed=11)["image"]            # (H, W, 3) uint8
+    assert image.shape == (3, 32, 32) and torch.equal(image, torch.from_numpy(pixels).permute(2, 0, 1))
+    assert image.permute(1, 2, 0).is_contiguous()                                   # a view, no CHW copy
+    images, _ = collate([dataset[(3, 11)], dataset[(4, 12)]])
+    assert images.shape == (2, 3, 32, 32) and images.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(images[0], image)
+    assert images.contiguous(memory_format=torch.channels_last).data_ptr() == images.data_ptr()   # no copy left
+
+
+def _decoded(dataset, index):
+    from yolo.data.voc import decode_image
+    record = dataset.records[index]
+    boxes, labels = dataset._targets[index]
+    return decode_image(record.image_path), boxes, labels
+
+
+class _Failing(torch.utils.data.Dataset):
+    def __init__(self, dataset, bad: int):
+        self.dataset, self.bad = dataset, bad
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        if key[0] == self.bad:
+            raise ValueError(f"sample {self.bad} is broken")
+        return self.dataset[key]
+
+
+def test_the_prefetch_thread_reraises_errors_and_ends_when_the_consumer_stops(dataset):
+    import threading
+    loader = build_loader(dataset, 4, train=False, num_workers=0, seed=0)
+    assert isinstance(loader, ThreadLoader) and len(loader) == 3
+    for _ in loader:
+        break                                   # a stop request mid-epoch: the thread must not linger
+    assert not [t for t in threading.enumerate() if t.name == "yolo-prefetch"]
+    failing = build_loader(_Failing(dataset, bad=9), 4, train=False, num_workers=0, seed=0)
+    with pytest.raises(ValueError, match="sample 9 is broken"):
+        list(failing)
+    assert not [t for t in threading.enumerate() if t.name == "yolo-prefetch"]
 
 
 def test_eval_loader_keeps_order_and_every_sample(dataset):

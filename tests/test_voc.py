@@ -13,7 +13,7 @@ from yolo.boxes import voc_to_xyxy
 from yolo.data.shapes import generate
 from yolo.data.transforms import eval_transform, to_original, train_transform
 from yolo.data.voc import (VOC_CLASSES, ImageDecodeError, VOCDataset, decode_image, load_records,
-                           hwc_to_chw, parse_annotation, parse_spec, read_classes, read_image_size)
+                           parse_annotation, parse_spec, read_classes, read_image_size)
 
 VOC_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "voc-sample"
 needs_sample = pytest.mark.skipif(
@@ -105,7 +105,8 @@ def test_boxes_are_converted_once_to_pixel_edges():
 def test_dataset_target_and_inverse_mapping(mode):
     records = [r for r in load_records(VOC_SAMPLE, "2007:trainval") if r.image_id == "000005"]
     image, target = VOCDataset(records, eval_transform(320, mode))[0]
-    assert image.dtype == torch.uint8 and image.shape == (3, 320, 320) and image.is_contiguous()
+    assert image.dtype == torch.uint8 and image.shape == (3, 320, 320)
+    assert image.permute(1, 2, 0).is_contiguous()          # a CHW view of the HWC pixels (see collate)
     assert target["image_id"] == "000005" and target["index"] == 0 and target["orig_size"] == (375, 500)
     assert target["labels"].tolist() == [8, 8, 8]               # the two difficult chairs are left out
     back = to_original(target["boxes_xyxy"], target["scale"], target["pad"])
@@ -179,15 +180,6 @@ def test_object_checks_drop_or_clip_in_memory(tmp_path):
         ("malformed object", "object dropped"), ("malformed object", "object dropped"),
         ("unknown class", "object dropped")]
     assert "<xmin>" in (tmp_path / "img.xml").read_text() and (tmp_path / "img.xml").read_text() == xml
-
-
-def test_hwc_to_chw_matches_a_transpose():
-    rng = np.random.default_rng(0)
-    for image in (rng.integers(0, 256, (37, 53, 3), dtype=np.uint8),
-                  rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)[:, ::-1]):      # non-contiguous input
-        out = hwc_to_chw(image)
-        assert out.flags.c_contiguous and out.shape == (3, image.shape[0], image.shape[1])
-        np.testing.assert_array_equal(out, image.transpose(2, 0, 1))
 
 
 def test_training_samples_never_alter_the_records(shapes_root):

@@ -37,7 +37,7 @@ class DataConfig:
     min_iou_crop: bool = True                # SSD's IoU-constrained random crop
     photometric_p: float = 0.5               # probability of each photometric distortion
     hflip_p: float = 0.5
-    workers: int = 4
+    workers: typing.Union[int, str] = "auto"  # loader worker processes; auto: from the machine (yolo.hardware)
     shapes_seed: int = 0                     # the synthetic set: generator seed and number of images per split
     shapes_train: int = 3000
     shapes_val: int = 500
@@ -236,6 +236,8 @@ def validate(cfg: Config) -> Config:
     _check_positive(cfg, [("train", "epochs"), ("train", "batch_size"), ("train", "lr"), ("model", "channels"),
                           ("eval", "max_det"), ("train", "eval_every"), ("train", "log_every"),
                           ("train", "ema_ramp_steps")])
+    if cfg.data.workers != "auto" and not (isinstance(cfg.data.workers, int) and cfg.data.workers >= 0):
+        raise ConfigError(f"data.workers: expected auto or a number >= 0, got {cfg.data.workers!r}")
     if not 0 < cfg.model.prior_prob < 1:
         raise ConfigError(f"model.prior_prob must be in (0, 1), got {cfg.model.prior_prob}")
     expected = 2 if cfg.model.neck == "fpn" else 0

@@ -77,10 +77,16 @@ def cls_loss_for_epoch(cfg, epoch: int) -> str:
 # training
 
 
-def _to_device(images, targets, device, channels_last: bool):
+def batch_to_device(images, targets, device, channels_last: bool):
+    """A collated batch on ``device``: (images (N, 3, H, W) uint8, boxes_xyxy (N, M, 4), labels (N, M)).
+
+    The loader's images are already in channels-last memory, so with ``channels_last`` this is only the copy to
+    the device (none on the CPU); without it, one conversion to contiguous NCHW."""
     images = images.to(device, non_blocking=True)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
+    else:
+        images = images.contiguous()
     boxes = targets["boxes_xyxy"].to(device, non_blocking=True)
     labels = targets["labels"].to(device, non_blocking=True)
     return images, boxes, labels
@@ -129,7 +135,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, cfg, epoch: int, *, dev
     step, stopping = start_step - 1, False
     for step, (images, targets) in enumerate(loader, start=start_step):
         global_step = epoch * steps_per_epoch + step
-        images, boxes, labels = _to_device(images, targets, device, cfg.train.channels_last)
+        images, boxes, labels = batch_to_device(images, targets, device, cfg.train.channels_last)
         if cfg.data.multiscale:
             size = random.Random(cfg.train.seed * 1_000_003 + global_step).choice(cfg.data.multiscale)
             images, boxes = _rescale(images, boxes, size)

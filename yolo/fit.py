@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 from yolo import distributed
 from yolo.checkpoint import atomic_save, load_checkpoint, rng_state, seed_everything, set_rng_state
 from yolo.config import save_yaml
-from yolo.data.loader import build_loader
+from yolo.data.loader import build_loader, resolve_workers
 from yolo.data.shapes import ensure_shapes
 from yolo.data.transforms import SSD_MIN_IOUS, eval_transform, train_transform
 from yolo.data.voc import VOCDataset, load_records, read_classes
@@ -76,7 +76,7 @@ def prepare_data(cfg) -> tuple[Path, tuple]:
     return root, read_classes(root)
 
 
-def build_loaders(cfg, root, classes, rank: int, world_size: int):
+def build_loaders(cfg, root, classes, rank: int, world_size: int, device: torch.device):
     """(train loader, val loader); the batch size is global, split over the processes."""
     if cfg.train.batch_size % world_size:
         raise ValueError(f"train.batch_size {cfg.train.batch_size} is not divisible by {world_size} processes")
@@ -88,7 +88,8 @@ def build_loaders(cfg, root, classes, rank: int, world_size: int):
     train_set = VOCDataset(load_records(root, d.train, classes), augment, keep_difficult=d.train_difficult)
     val_set = VOCDataset(load_records(root, cfg.data.val, classes),
                          eval_transform(cfg.data.img_size, cfg.data.eval_resize), keep_difficult=True)
-    common = dict(num_workers=cfg.data.workers, seed=cfg.train.seed, rank=rank, world_size=world_size)
+    common = dict(num_workers=resolve_workers(cfg.data.workers, device), seed=cfg.train.seed, rank=rank,
+                  world_size=world_size)
     return (build_loader(train_set, per_process, train=True, **common),
             build_loader(val_set, per_process, train=False, **common))
 
@@ -166,7 +167,7 @@ def fit(cfg, resume: str | None = None, progress: bool = True) -> dict:
 def _run(cfg, resume, progress, device, rank, world_size, stop) -> dict:
     seed_everything(cfg.train.seed + rank)
     root, classes = prepare_data(cfg)
-    train_loader, val_loader = build_loaders(cfg, root, classes, rank, world_size)
+    train_loader, val_loader = build_loaders(cfg, root, classes, rank, world_size, device)
     model = build_model(cfg.model, len(classes)).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -343,8 +344,8 @@ def evaluate_checkpoint(ckpt: dict, cfg, split: str, weights: str = "auto"):
                          f"on {ckpt['classes'][:4]}...")
     transform = eval_transform(cfg.data.img_size, cfg.data.eval_resize)
     dataset = VOCDataset(load_records(root, split, classes), transform, keep_difficult=True)
-    loader = build_loader(dataset, cfg.train.batch_size, train=False, num_workers=cfg.data.workers,
-                          seed=cfg.train.seed)
+    loader = build_loader(dataset, cfg.train.batch_size, train=False,
+                          num_workers=resolve_workers(cfg.data.workers, device), seed=cfg.train.seed)
     model = model_from_checkpoint(ckpt, cfg, device, weights)
     trained_epoch = max(ckpt.get("epoch", 1) - 1, 0)  # the head was last trained with this epoch's loss
     return evaluate(model, loader, classes, cfg, device=device, sigmoid_cls=sigmoid_scoring(cfg, trained_epoch),

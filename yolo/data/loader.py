@@ -14,14 +14,16 @@ import logging
 import math
 import multiprocessing
 import os
+import queue
 import random
+import threading
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader
 
 from yolo.data.voc import decode_image
 
@@ -33,13 +35,19 @@ META_KEYS = ("image_id", "index", "orig_size", "scale", "pad")
 def collate(batch):
     """List of ``(image, target)`` -> ``(images, targets)``.
 
-    ``images``: uint8 (N, 3, S, S). ``targets``: ``boxes_xyxy`` float32 (N, Mmax, 4) zero-padded,
-    ``labels`` int64 (N, Mmax) padded with -1, ``meta``: list of N dicts with ``image_id``, ``index``,
-    ``orig_size``, ``scale``, ``pad``. Mmax is the largest object count rounded up to a multiple of 8
-    (at least 8), so that a compiled model sees few distinct shapes.
+    ``images``: uint8 (N, 3, S, S) in channels-last memory (strides of (N, S, S, 3)): the augmentation produces
+    HWC pixels, the dataset returns a CHW view of them, and stacking those views as HWC is the only copy a batch
+    takes on its way to a channels_last model (no CHW transpose, no NCHW -> NHWC conversion on the device).
+    In a worker process the stack goes straight into shared memory, so sending the batch copies nothing more.
+    ``targets``: ``boxes_xyxy`` float32 (N, Mmax, 4) zero-padded, ``labels`` int64 (N, Mmax) padded with -1,
+    ``meta``: list of N dicts with ``image_id``, ``index``, ``orig_size``, ``scale``, ``pad``. Mmax is the largest
+    object count rounded up to a multiple of 8 (at least 8), so that a compiled model sees few distinct shapes.
     """
-    # default_collate stacks straight into shared memory when run in a worker: no extra copy to send.
-    images = default_collate([image for image, _ in batch])
+    hwc = [image.permute(1, 2, 0).numpy() for image, _ in batch]
+    images_nhwc = torch.empty((len(hwc), *hwc[0].shape), dtype=torch.uint8)
+    if torch.utils.data.get_worker_info() is not None:
+        images_nhwc.share_memory_()
+    np.stack(hwc, out=images_nhwc.numpy())      # numpy: no intra-op thread pool in a prefetch thread
     counts = [len(target["labels"]) for _, target in batch]
     max_objects = max(8, 8 * math.ceil(max(counts, default=0) / 8))
     boxes = torch.zeros(len(batch), max_objects, 4, dtype=torch.float32)
@@ -48,7 +56,7 @@ def collate(batch):
         boxes[i, :counts[i]] = target["boxes_xyxy"]
         labels[i, :counts[i]] = target["labels"]
     meta = [{key: target[key] for key in META_KEYS} for _, target in batch]
-    return images, {"boxes_xyxy": boxes, "labels": labels, "meta": meta}
+    return images_nhwc.permute(0, 3, 1, 2), {"boxes_xyxy": boxes, "labels": labels, "meta": meta}
 
 
 def aug_seeds(seed: int, epoch: int, indices: np.ndarray) -> np.ndarray:
@@ -122,18 +130,76 @@ def _worker_init(worker_id: int) -> None:
     random.seed(worker_seed)
 
 
-def build_loader(dataset, batch_size: int, *, train: bool, num_workers: int, seed: int, rank: int = 0,
-                 world_size: int = 1, pin_memory=None, prefetch_factor: int = 4) -> DataLoader:
-    """DataLoader over ``dataset`` with an :class:`EpochSampler` and :func:`collate`.
+class ThreadLoader:
+    """A DataLoader without worker processes whose batches are made ``depth`` ahead by one background thread.
 
-    Training shuffles and drops the last incomplete batch; evaluation keeps the order and every sample
-    (with ``world_size`` > 1 the shards are padded by repetition: deduplicate results by ``meta["index"]``).
-    Workers are persistent; ``pin_memory`` defaults to ``torch.cuda.is_available()``. The sampler is
-    ``loader.sampler``: call ``loader.sampler.set_epoch(epoch)`` before each epoch (and ``skip`` to resume).
+    For the CPU, where the step's compute threads already use every core: a worker process would compete with
+    them for the whole time it runs and send every batch through shared memory, while the small-image pipeline
+    needs ~1 ms of one core an image (``python -m yolo.bench data``). The thread overlaps that work with the step
+    (decoding, OpenCV and torch release the GIL), and the batches are the same as with any number of workers.
+    Exposes what the training loop uses of a DataLoader: ``sampler``, ``batch_size``, ``dataset``, ``len``.
+    """
+
+    def __init__(self, loader: DataLoader, depth: int = 2):
+        self.loader, self.depth = loader, depth
+        self.sampler, self.batch_size, self.dataset = loader.sampler, loader.batch_size, loader.dataset
+        cv2.setNumThreads(0)   # OpenCV's own pool would only oversubscribe the cores the step uses
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        batches, stop = queue.Queue(maxsize=self.depth), threading.Event()
+
+        def produce():
+            try:
+                for batch in self.loader:
+                    if not _put(batches, (batch, None), stop):
+                        return
+                _put(batches, (None, None), stop)
+            except Exception as exc:  # the consumer re-raises it, with its traceback
+                _put(batches, (None, exc), stop)
+
+        thread = threading.Thread(target=produce, name="yolo-prefetch", daemon=True)
+        thread.start()
+        try:
+            while True:
+                batch, error = batches.get()
+                if error is not None:
+                    raise error
+                if batch is None:
+                    return
+                yield batch
+        finally:   # the consumer stopped early (a stop request): let the thread finish its batch and end
+            stop.set()
+            thread.join()
+
+
+def _put(batches: queue.Queue, item, stop: threading.Event) -> bool:
+    """Put ``item`` when there is room, unless the consumer has gone (``stop``); False if it has."""
+    while not stop.is_set():
+        try:
+            batches.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def build_loader(dataset, batch_size: int, *, train: bool, num_workers: int, seed: int, rank: int = 0,
+                 world_size: int = 1, pin_memory=None, prefetch_factor: int = 4):
+    """A loader over ``dataset`` with an :class:`EpochSampler` and :func:`collate`.
+
+    ``num_workers`` > 0: a DataLoader with that many persistent worker processes; 0: a :class:`ThreadLoader`
+    (the work in this process, one prefetching thread). Training shuffles and drops the last incomplete batch;
+    evaluation keeps the order and every sample (with ``world_size`` > 1 the shards are padded by repetition:
+    deduplicate results by ``meta["index"]``). ``pin_memory`` defaults to ``torch.cuda.is_available()``. The
+    sampler is ``loader.sampler``: call ``loader.sampler.set_epoch(epoch)`` before each epoch (and ``skip`` to
+    resume).
     """
     sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size)
     workers = num_workers > 0
-    return DataLoader(
+    loader = DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, drop_last=train,
         num_workers=num_workers, persistent_workers=workers,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
@@ -141,6 +207,13 @@ def build_loader(dataset, batch_size: int, *, train: bool, num_workers: int, see
         worker_init_fn=_worker_init if workers else None,
         generator=torch.Generator().manual_seed(seed),
     )
+    return loader if workers else ThreadLoader(loader)
+
+
+def resolve_workers(workers, device: torch.device) -> int:
+    """``data.workers``: an int as given, ``auto`` from the machine (:func:`yolo.hardware.default_workers`)."""
+    from yolo.hardware import default_workers
+    return default_workers(device) if workers == "auto" else int(workers)
 
 
 def measure_loader_throughput(dataset, batch_size: int, num_workers: int, num_batches: int,

@@ -1,0 +1,71 @@
+"""What the machine can do: amp auto follows the device's native bf16 (both branches, the capability query mocked),
+the choice is logged and stored with the run, and loader workers follow the device."""
+import json
+import logging
+
+import pytest
+import torch
+
+from yolo import hardware
+from yolo.hardware import autocast_dtype, default_workers, native_bf16
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("capabilities,expected", [
+    ({"avx512_bf16": True, "avx512_f": True}, torch.bfloat16),    # Zen 4 / Cooper Lake and newer
+    ({"amx_bf16": True, "amx_tile": True}, torch.bfloat16),       # Sapphire Rapids
+    ({"bf16": True, "architecture": "aarch64"}, torch.bfloat16),  # ARMv8.6 BF16 (Graviton 3)
+    ({"avx512_f": True, "avx512_bf16": False}, None),             # AVX-512 without bf16: emulated, 4x slower
+    ({"avx2": True}, None),
+])
+def test_amp_auto_on_the_cpu_follows_native_bf16(monkeypatch, capabilities, expected):
+    monkeypatch.setattr(hardware, "cpu_capabilities", lambda: capabilities)
+    assert autocast_dtype("auto", CPU) is expected
+    assert native_bf16(CPU) is (expected is torch.bfloat16)
+    # explicit choices are taken as given, whatever the machine
+    assert autocast_dtype("bf16", CPU) is torch.bfloat16 and autocast_dtype("none", CPU) is None
+    assert autocast_dtype("fp16", CPU) is torch.float16
+
+
+@pytest.mark.parametrize("supported", [True, False])
+def test_amp_auto_on_cuda_asks_the_device(monkeypatch, supported):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: supported)
+    monkeypatch.setattr(hardware, "cpu_capabilities", lambda: pytest.fail("a GPU run must not ask the CPU"))
+    assert autocast_dtype("auto", torch.device("cuda", 0)) is (torch.bfloat16 if supported else None)
+
+
+def test_unknown_amp_is_refused():
+    with pytest.raises(ValueError, match="choose one of: auto, bf16, fp16, none"):
+        autocast_dtype("tf32", CPU)
+
+
+def test_forcing_bf16_on_a_cpu_without_it_warns(monkeypatch, caplog):
+    monkeypatch.setattr(hardware, "cpu_capabilities", lambda: {"avx2": True})
+    with caplog.at_level(logging.INFO, logger="yolo.hardware"):
+        assert hardware.log_precision("bf16", CPU, torch.bfloat16) == "bf16"
+        assert hardware.log_precision("auto", CPU, None) == "fp32"
+    assert "no native bf16: it is emulated and slow" in caplog.text
+    assert "train.amp auto on cpu" in caplog.text and "fp32 (no native bf16)" in caplog.text
+
+
+def test_workers_follow_the_device(monkeypatch):
+    assert default_workers(CPU) == 0                       # a prefetch thread: the step uses every core
+    monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
+    assert default_workers(torch.device("cuda", 0)) == 16  # one per core, one left over, at most 16
+    monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert default_workers(torch.device("cuda", 0)) == 3
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_run_logs_and_stores_what_amp_auto_chose(tiny_config, monkeypatch, native):
+    from yolo.checkpoint import load_checkpoint
+    from yolo.fit import fit
+    monkeypatch.setattr(hardware, "cpu_capabilities", lambda: {"avx512_bf16": native})
+    tiny_config.train.epochs, tiny_config.train.amp = 1, "auto"
+    fit(tiny_config, progress=False)
+    expected = "bf16" if native else "fp32"
+    results = json.loads((tiny_config.run_dir / "results.json").read_text())
+    assert results["precision"] == expected and load_checkpoint(tiny_config.run_dir / "last.pt")["precision"] == \
+        expected
+    assert f"train.amp auto on cpu" in (tiny_config.run_dir / "train.log").read_text()

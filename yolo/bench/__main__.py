@@ -1,0 +1,5 @@
+import sys
+
+from yolo.bench.cli import main
+
+sys.exit(main())
