@@ -127,6 +127,20 @@ def test_sigmoid_scoring_is_used_for_sigmoid_losses_only():
     assert sigmoid.max().item() == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item(), rel=1e-4)
 
 
+@pytest.mark.parametrize("scoring,cls_loss,warmup,epoch,expected", [
+    ("auto", "ce", 0, 5, False), ("auto", "sigmoid_focal", 0, 5, True),
+    ("auto", "sigmoid_focal", 3, 2, False),      # still in the CE warm-up: the head was trained as a softmax
+    ("auto", "sigmoid_focal", 3, 3, True),
+    ("softmax", "sigmoid_focal", 0, 5, False),   # the reference's decoding of every head
+    ("sigmoid", "ce", 0, 5, True)])
+def test_eval_cls_scoring_chooses_softmax_or_sigmoid(scoring, cls_loss, warmup, epoch, expected):
+    from yolo.config import Config
+    from yolo.engine import sigmoid_scoring
+    cfg = Config()
+    cfg.eval.cls_scoring, cfg.loss.cls_loss, cfg.loss.cls_loss_warmup_epochs = scoring, cls_loss, warmup
+    assert sigmoid_scoring(cfg, epoch) is expected
+
+
 @pytest.mark.parametrize("cls_loss", ["ce", "sigmoid_focal"])
 def test_a_tiny_model_overfits_one_batch(cls_loss):
     torch.manual_seed(0)

@@ -51,6 +51,8 @@ class ModelConfig:
     pretrained: str = "imagenet"             # imagenet | none | PATH to a ResNet-18 state dict
     channels: int = 128                      # FPN / head width
     head_convs: int = 2                      # 3x3 conv layers in each prediction head
+    decoupled_head: bool = False             # separate conv towers for the classes and for objectness + box
+    zero_init_residual: bool = False         # residual blocks start as the identity (training from scratch)
     prior_prob: float = 0.01                 # objectness and class biases start at this probability
     level_thresholds: list[float] = field(default_factory=lambda: [64.0, 128.0])  # longest side in px
 

@@ -31,9 +31,11 @@ class Backbone(nn.Module):
     """ResNet-18 returning C3, C4, C5 (strides 8, 16, 32; 128, 256, 512 channels)."""
     channels = (128, 256, 512)
 
-    def __init__(self):
+    def __init__(self, zero_init_residual: bool = False):
         super().__init__()
-        r = torchvision.models.resnet18(weights=None)
+        # zero_init_residual: each residual block starts as the identity (Goyal et al. 2017, "Accurate, Large
+        # Minibatch SGD"), which speeds up training from scratch; a pretrained backbone overwrites it anyway
+        r = torchvision.models.resnet18(weights=None, zero_init_residual=zero_init_residual)
         self.stem = nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1)
         self.layer2, self.layer3, self.layer4 = r.layer2, r.layer3, r.layer4
 
@@ -77,19 +79,32 @@ class SPPNeck(nn.Module):
 
 
 class Head(nn.Module):
-    """YOLOv1-style prediction head for one level: a few 3x3 convs, then 1 + C + 4 outputs per cell."""
+    """YOLOv1-style prediction head for one level: a few 3x3 convs, then 1 + C + 4 outputs per cell.
 
-    def __init__(self, channels: int, num_classes: int, num_convs: int, prior_prob: float):
+    ``decoupled``: the class logits get their own conv tower and objectness + box theirs (YOLOX, Ge et al. 2021,
+    whose decoupled head converges much faster than a shared one); the outputs keep the same layout.
+    """
+
+    def __init__(self, channels: int, num_classes: int, num_convs: int, prior_prob: float, decoupled: bool = False):
         super().__init__()
+        self.decoupled = decoupled
         self.convs = nn.Sequential(*[conv_bn(channels, channels) for _ in range(num_convs)])
-        self.pred = nn.Conv2d(channels, 1 + num_classes + 4, 1)
-        nn.init.normal_(self.pred.weight, std=0.01)
-        nn.init.zeros_(self.pred.bias)
-        with torch.no_grad():  # objectness and classes start at the prior probability (focal loss paper, 3.3)
-            self.pred.bias[:1 + num_classes] = prior_bias(prior_prob)
+        self.pred = nn.Conv2d(channels, 1 + num_classes + 4 if not decoupled else 1 + 4, 1)
+        bias_prior = [(self.pred, 1 if decoupled else 1 + num_classes)]
+        if decoupled:
+            self.cls_convs = nn.Sequential(*[conv_bn(channels, channels) for _ in range(num_convs)])
+            self.cls_pred = nn.Conv2d(channels, num_classes, 1)
+            bias_prior.append((self.cls_pred, num_classes))
+        for conv, prior_outputs in bias_prior:
+            nn.init.normal_(conv.weight, std=0.01)
+            nn.init.zeros_(conv.bias)
+            with torch.no_grad():  # objectness and classes start at the prior probability (focal loss paper, 3.3)
+                conv.bias[:prior_outputs] = prior_bias(prior_prob)
 
     def forward(self, x):
-        out = self.pred(self.convs(x))                 # (N, 1 + C + 4, H, W)
+        out = self.pred(self.convs(x))                 # (N, 1 + C + 4, H, W) or (N, 1 + 4, H, W)
+        if self.decoupled:
+            out = torch.cat([out[:, :1], self.cls_pred(self.cls_convs(x)), out[:, 1:]], dim=1)
         return out.permute(0, 2, 3, 1).flatten(1, 2)   # (N, H * W, 1 + C + 4)
 
 
@@ -100,16 +115,17 @@ class YOLO(nn.Module):
     """
 
     def __init__(self, num_classes: int, neck: str = "fpn", channels: int = 128, head_convs: int = 2,
-                 prior_prob: float = 0.01):
+                 prior_prob: float = 0.01, decoupled_head: bool = False, zero_init_residual: bool = False):
         super().__init__()
         self.num_classes = num_classes
-        self.backbone = Backbone()
+        self.backbone = Backbone(zero_init_residual)
         necks = {"fpn": FPN, "spp": SPPNeck}
         if neck not in necks:
             raise ValueError(f"unknown neck {neck!r}; choose one of: {', '.join(necks)}")
         self.neck = necks[neck](Backbone.channels, channels)
         self.strides = self.neck.strides
-        self.heads = nn.ModuleList(Head(channels, num_classes, head_convs, prior_prob) for _ in self.strides)
+        self.heads = nn.ModuleList(Head(channels, num_classes, head_convs, prior_prob, decoupled_head)
+                                   for _ in self.strides)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
 
@@ -121,7 +137,8 @@ class YOLO(nn.Module):
 
 def build_model(cfg, num_classes: int) -> YOLO:
     """The detector of a ``ModelConfig``, with the backbone initialised as ``cfg.pretrained`` says."""
-    model = YOLO(num_classes, cfg.neck, cfg.channels, cfg.head_convs, cfg.prior_prob)
+    model = YOLO(num_classes, cfg.neck, cfg.channels, cfg.head_convs, cfg.prior_prob, cfg.decoupled_head,
+                 cfg.zero_init_residual)
     if cfg.pretrained != "none":
         state = imagenet_state_dict() if cfg.pretrained == "imagenet" else _load_file(cfg.pretrained)
         load_backbone(model.backbone, state)
