@@ -156,6 +156,8 @@ def test_bad_frequency_buckets_are_refused(tmp_path, buckets, message):
 def test_last_quarter_gain_reads_the_val_curve():
     history = [{"epoch": e, "voc07_map50": v} for e, v in ((3, 0.5), (6, 0.62), (9, 0.69), (12, 0.695))]
     assert last_quarter_gain(history, 12) == pytest.approx(0.005)      # 12 vs 9 (= 3/4 of 12)
+    every_2 = [{"epoch": e, "voc07_map50": v} for e, v in ((14, 0.666), (16, 0.680), (18, 0.675), (20, 0.678))]
+    assert last_quarter_gain(every_2, 20) == pytest.approx(0.678 - 0.673)   # 3/4 of 20 = 15: halfway 14 to 16
     assert last_quarter_gain(history, 14) is None                      # no evaluation at the last epoch
     assert last_quarter_gain(history[-1:], 12) is None
 

@@ -75,7 +75,8 @@ def _header(setup: dict) -> list[str]:
              f"- Seeds: {n}.",
              f"- Long tail: classes bucketed by training images holding them ({setup['buckets']}; LVIS's APr / "
              f"APc / APf idea with edges that fit this dataset); bucket AP = mean VOC07 AP of its classes.",
-             f"- Converged: val mAP gained less than {CONVERGED_GAIN} over the last quarter of the epochs."]
+             f"- Converged: val mAP gained less than {CONVERGED_GAIN} over the last quarter of the epochs (the value at "
+             f"3/4 of the epochs read off the line between the two evaluations around it)."]
     if setup["has_reference"]:
         lines.append("- Reference: the single-run numbers of the reference experiment (VOC07 test), beside ours.")
     if setup["missing"]:

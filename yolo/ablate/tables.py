@@ -15,13 +15,22 @@ CONVERGED_GAIN = 0.01   # a run has converged when val mAP gained less than this
 
 
 def last_quarter_gain(history: list[dict], epochs: int) -> float | None:
-    """Val mAP at the last epoch minus val mAP at the last evaluation at or before 3/4 of the epochs
-    (None without both)."""
-    final = [h for h in history if h["epoch"] == epochs and h[METRIC] is not None]
-    earlier = [h for h in history if h["epoch"] <= 0.75 * epochs and h[METRIC] is not None]
-    if not final or not earlier:
+    """Val mAP at the last epoch minus val mAP at 3/4 of the epochs (None without both).
+
+    With evaluations every few epochs, 3/4 of the epochs may fall between two of them: the value there is read
+    off the straight line between those two (an evaluation exactly at 3/4 is taken as is), so the gain covers
+    the last quarter and not more.
+    """
+    curve = [(h["epoch"], h[METRIC]) for h in history if h[METRIC] is not None]
+    final = [v for e, v in curve if e == epochs]
+    start = 0.75 * epochs
+    before = [(e, v) for e, v in curve if e <= start]
+    after = [(e, v) for e, v in curve if e >= start]
+    if not final or not before:
         return None
-    return final[0][METRIC] - earlier[-1][METRIC]
+    (e0, v0), (e1, v1) = before[-1], after[0]
+    at_start = v0 if e1 == e0 else v0 + (v1 - v0) * (start - e0) / (e1 - e0)
+    return final[0] - at_start
 
 
 def collect_rows(ablation: Ablation, runs: list, results: dict) -> list[dict]:
