@@ -21,6 +21,7 @@ from yolo.ablate.plan import PROTOCOL_VERSION, Run, config_hash
 from yolo.ablate.results import code_revision, missing_scores, read_result, score_key, write_result
 from yolo.ablate.spec import METRIC, scored_with
 from yolo.checkpoint import load_checkpoint
+from yolo.cluster import RunInterrupted
 from yolo.distributed import local_device
 from yolo.fit import evaluate_checkpoint, fit, prepare_data
 from yolo.hardware import describe_device, describe_machine
@@ -31,29 +32,26 @@ LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 EXIT_INTERRUPTED = 3
 
 
-class RunInterrupted(RuntimeError):
-    """Training stopped before its last epoch (SIGINT / SIGTERM); re-running the ablation resumes it."""
-
-
-def run_one(run: Run, selection: str, progress: bool = True) -> dict:
+def run_one(run: Run, selection: str, progress: bool = True, stop=None) -> dict:
     """Train (or resume) one run, score it, write ``run.result_path``; returns the result (see yolo.ablate.results).
 
     A committed result is reused as it is; one that lacks a scoring is completed from the run's checkpoint, or by
     training the run again where the checkpoint is not on this machine (a fresh clone). Raises ``RunInterrupted``.
+    ``stop``: the stop request ``fit`` honours (default: its own, SIGTERM / SIGINT).
     """
     result = read_result(run)
     if result is not None and not missing_scores(result, run, selection):
         return result
     checkpoint = run.cfg.run_dir / ("best.pt" if selection == "best_val" else "last.pt")
     if result is None or not checkpoint.is_file():
-        result = {**_train(run, progress), "scores": result["scores"] if result else {}}
+        result = {**_train(run, progress, stop), "scores": result["scores"] if result else {}}
     for scoring in missing_scores(result, run, selection):
         result["scores"][score_key(selection, scoring)] = _score(run, checkpoint, scoring)
     write_result(run.result_path, result)
     return result
 
 
-def _train(run: Run, progress: bool) -> dict:
+def _train(run: Run, progress: bool, stop) -> dict:
     """Train to the last epoch (resuming ``last.pt``); returns the training part of the result.
 
     ``fit`` writes ``results.json`` only once the last epoch is trained and evaluated: it marks a finished run
@@ -65,7 +63,7 @@ def _train(run: Run, progress: bool) -> dict:
         last = cfg.run_dir / "last.pt"
         if last.is_file():
             logger.info("resuming %s from %s", cfg.run_dir, last)
-        fit(cfg, resume=str(last) if last.is_file() else None, progress=progress)
+        fit(cfg, resume=str(last) if last.is_file() else None, progress=progress, stop=stop)
         if not finished.is_file():
             raise RunInterrupted(f"{cfg.run_dir} stopped before its last epoch; run the same command again to resume")
     trained = json.loads(finished.read_text())
