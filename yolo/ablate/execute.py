@@ -152,11 +152,7 @@ def execute(runs: list[Run], selection: str, *, jobs: int = 1, devices: list[str
     interrupted one resumes next time). ``devices``: run slot i (of ``jobs``) trains on ``devices[i %
     len(devices)]``; default: the config's device.
     """
-    results = cached_results(runs, selection)
-    todo = [run for run in runs if run.key not in results]
-    logger.info("%d runs: %d with a result already, %d to run", len(runs), len(results), len(todo))
-    for cfg in {json.dumps(dataclasses.asdict(r.cfg.data), sort_keys=True): r.cfg for r in todo}.values():
-        prepare_data(cfg)  # generate / check the data once, before runs (or processes) use it
+    results, todo = prepare_runs(runs, selection)
     if jobs == 1:
         failures = _run_sequential(todo, selection, results, devices, progress)
     else:
@@ -164,8 +160,20 @@ def execute(runs: list[Run], selection: str, *, jobs: int = 1, devices: list[str
     return results, failures
 
 
-def _on_device(run: Run, device: str | None) -> Run:
-    if device is None:
+def prepare_runs(runs: list[Run], selection: str) -> tuple[dict, list[Run]]:
+    """({run key: complete result}, the runs still to run); generates / checks each dataset once, before runs (or
+    processes, or jobs) use it."""
+    results = cached_results(runs, selection)
+    todo = [run for run in runs if run.key not in results]
+    logger.info("%d runs: %d with a result already, %d to run", len(runs), len(results), len(todo))
+    for cfg in {json.dumps(dataclasses.asdict(r.cfg.data), sort_keys=True): r.cfg for r in todo}.values():
+        prepare_data(cfg)
+    return results, todo
+
+
+def on_device(run: Run, device: str | None) -> Run:
+    """``run`` trained on ``device`` (None, or its own device: the run itself)."""
+    if device is None or device == run.cfg.train.device:
         return run
     cfg = copy.deepcopy(run.cfg)
     cfg.train.device = device
@@ -175,7 +183,7 @@ def _on_device(run: Run, device: str | None) -> Run:
 def _run_sequential(todo, selection, results, devices, progress) -> dict:
     clock, failures = Progress(len(todo), selection), {}
     for run in todo:
-        run = _on_device(run, devices[0] if devices else None)
+        run = on_device(run, devices[0] if devices else None)
         logger.info(clock.start(run))
         try:
             results[run.key] = run_one(run, selection, progress)
@@ -197,7 +205,7 @@ def _run_parallel(todo, selection, results, jobs, devices) -> dict:
         while queue or alive:
             while queue and free:
                 slot, run = free.pop(0), queue.pop(0)
-                run = _on_device(run, devices[slot % len(devices)] if devices else None)
+                run = on_device(run, devices[slot % len(devices)] if devices else None)
                 logger.info(clock.start(run))
                 process = context.Process(target=_child, args=(run, selection, threads), name=run.name)
                 process.start()
