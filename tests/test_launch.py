@@ -77,3 +77,42 @@ def test_a_preempted_job_requeues_and_ends_with_the_weights_of_an_uninterrupted_
     assert stopped and f"resumed {cfg.run_dir / 'last.pt'} at epoch 1 step {stopped[1]}" in log
     assert (cfg.run_dir / "results.json").is_file() and metrics["voc07_map50"] is not None
     _assert_same_weights(straight, load_checkpoint(cfg.run_dir / "last.pt")["model"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the ablation grid
+
+
+NOT_COMPARED = ("train_s", "eval_s")   # wall times
+
+
+def _without_times(rows):
+    return [{k: v for k, v in row.items() if k not in NOT_COMPARED} for row in rows]
+
+
+def test_local_launcher_gives_the_in_process_table_and_reports_a_failed_job_with_its_log(tmp_path, one_thread):
+    from test_ablate import _read_csv, _tiny, _write
+    from yolo.ablate.cli import main, run_ablation
+    from yolo.ablate.spec import load_ablation
+    content = _tiny(tmp_path)
+    content["tables"][0]["rows"] = content["tables"][0]["rows"][:2]           # ce and sigmoid focal, 2 seeds
+    inprocess = run_ablation(load_ablation([_write(tmp_path / "a.yaml", content)]), tmp_path / "out",
+                             progress=False)
+    assert not inprocess["failures"] and len(inprocess["runs"]) == 4
+
+    content["results"] = str(tmp_path / "local-results")                    # the same runs, and a broken one
+    content["tables"][0]["rows"].append({"name": "broken", "overrides": {"model": {"pretrained": "/no/weights.pth"}}})
+    path = _write(tmp_path / "b.yaml", content)
+    code = main(["--config", str(path), "--output-dir", str(tmp_path / "local"), "--launcher", "local",
+                 "--jobs", "2", "--no-progress"])
+    assert code == 1                                                           # a run failed
+    local_rows = _read_csv(tmp_path / "local-results" / "ablation.csv")
+    assert _without_times(local_rows) == _without_times(_read_csv(tmp_path / "results" / "ablation.csv"))
+    markdown = (tmp_path / "local-results" / "ablation.md").read_text()
+    for seed in (0, 1):
+        reason = re.search(rf"broken seed {seed} \(failed: job (\d+) failed: FileNotFoundError: --pretrained "
+                           rf"/no/weights.pth: no such file.*?; log: (\S+_log\.err)\)", markdown)
+        assert reason, markdown
+        log = Path(reason[2])
+        assert log.parent.parent == tmp_path / "local" / "jobs" and "FileNotFoundError" in log.read_text()
+    assert len(list((tmp_path / "local-results" / "runs").glob("*.json"))) == 4   # the rest of the grid is kept

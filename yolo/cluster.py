@@ -199,6 +199,23 @@ def master_port(job_id: str) -> int:
     return 20000 + int(digits) % 20000
 
 
+class JobFailed(RuntimeError):
+    """A submitit job ended with an error (the message ends with its log file)."""
+
+
 def job_log(job) -> str:
     """Where a job's errors went (its stderr file)."""
     return str(Path(job.paths.stderr))
+
+
+def job_failure(job) -> str | None:
+    """Why a job that has ended failed (the last line of its traceback, or the state it ended in, and its log),
+    or None when it succeeded."""
+    if not job.paths.result_pickle.exists():
+        return f"job {job.job_id} ended ({job.state}) without a result; log: {job_log(job)}"
+    error = job.exception()
+    if error is None:
+        return None
+    parts = str(error).split("----------------------")   # submitit puts the traceback between two such lines
+    lines = [line for line in (parts[1] if len(parts) > 2 else str(error)).splitlines() if line.strip()]
+    return f"job {job.job_id} failed: {lines[-1].strip() if lines else type(error).__name__}; log: {job_log(job)}"

@@ -23,7 +23,7 @@ import torch
 from yolo.ablate.execute import LOG_FORMAT, Progress, execute, on_device, prepare_runs, run_one
 from yolo.ablate.plan import Run
 from yolo.ablate.results import missing_scores, read_result
-from yolo.cluster import JobSpec, job_log, make_executor, run_preemptible
+from yolo.cluster import JobSpec, job_failure, job_log, make_executor, run_preemptible
 from yolo.config import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -128,25 +128,13 @@ def _slot_gpu(run: Run, slot: int, devices: list[str] | None) -> tuple[Run, int 
 
 
 def _collect(job, run: Run, selection: str, results: dict, failures: dict):
-    """The finished job's result file into ``results``, or why it has none (with the job's log) into ``failures``."""
+    """The ended job's result file into ``results``, or why it has none (with the job's log) into ``failures``."""
     result = read_result(run)
     if result is not None and not missing_scores(result, run, selection):
         results[run.key] = result
         return
-    failures[run.key] = f"{_job_error(job)}; log: {job_log(job)}"
+    failures[run.key] = job_failure(job) or f"job {job.job_id} ended without a complete result; log: {job_log(job)}"
     logger.error("run %s failed: %s", run.name, failures[run.key])
-
-
-def _job_error(job) -> str:
-    """The last line of the job's traceback, or the state it ended in."""
-    if not job.paths.result_pickle.exists():
-        return f"job {job.job_id} ended ({job.state}) without a result"
-    error = job.exception()
-    if error is None:
-        return f"job {job.job_id} finished without a complete result file"
-    trace = str(error).split("----------------------")[1] if "----------------------" in str(error) else str(error)
-    lines = [line for line in trace.strip().splitlines() if line.strip()]
-    return f"job {job.job_id} failed: {lines[-1] if lines else type(error).__name__}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
