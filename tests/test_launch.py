@@ -2,12 +2,14 @@
 process per job, submitit's preemption signal and requeue); the SLURM submission is checked against an ``sbatch``
 stub on the PATH. A real SLURM cluster is not used here."""
 import copy
+import json
 import os
 import re
 import time
 from pathlib import Path
 
 import pytest
+import submitit
 import torch
 
 from yolo.checkpoint import load_checkpoint
@@ -116,3 +118,73 @@ def test_local_launcher_gives_the_in_process_table_and_reports_a_failed_job_with
         log = Path(reason[2])
         assert log.parent.parent == tmp_path / "local" / "jobs" and "FileNotFoundError" in log.read_text()
     assert len(list((tmp_path / "local-results" / "runs").glob("*.json"))) == 4   # the rest of the grid is kept
+
+
+def _stub(path: Path, script: str) -> Path:
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(0o755)
+    return path
+
+
+def test_slurm_submits_one_array_job_per_missing_run_and_a_later_call_reports_running_and_failed_jobs(
+        tmp_path, monkeypatch, capsys):
+    """No SLURM here: ``sbatch`` is a stub that keeps the script it is given, ``sacct`` one that answers states."""
+    from test_ablate import _tiny, _write
+    from yolo.ablate.cli import main
+    content = _tiny(tmp_path)
+    content["tables"][0]["rows"] = content["tables"][0]["rows"][:2]
+    path, out, scripts = _write(tmp_path / "a.yaml", content), tmp_path / "out", tmp_path / "sbatch"
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    scripts.mkdir()
+    _stub(stubs / "sbatch", f'cp "$1" {scripts}/$(ls {scripts} | wc -l).sh\necho "Submitted batch job 4242"\n')
+    _stub(stubs / "srun", "exit 0\n")
+    _stub(stubs / "sacct", f"cat {tmp_path / 'sacct.txt'}\n")
+    monkeypatch.setenv("PATH", f"{stubs}:{os.environ['PATH']}")
+    args = ["--config", str(path), "--output-dir", str(out), "--launcher", "slurm", "--slurm-partition", "gpu",
+            "--timeout-min", "90", "--gpus-per-run", "1", "--cpus-per-run", "6", "--array-parallelism", "2",
+            "--slurm-param", "qos=high", "--no-progress"]
+    assert main(args) == 0
+
+    script = (scripts / "0.sh").read_text().splitlines()
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --time=90", "#SBATCH --gpus-per-node=1",
+                 "#SBATCH --cpus-per-task=6", "#SBATCH --array=0-3%2", "#SBATCH --signal=USR2@90",
+                 "#SBATCH --qos=high", "#SBATCH --job-name=ablate-a", "#SBATCH --nodes=1",
+                 f"#SBATCH --output={out}/jobs/%A_%a/%A_%a_0_log.out",
+                 f"#SBATCH --error={out}/jobs/%A_%a/%A_%a_0_log.err"):
+        assert line in script, line
+    assert any(line.startswith("srun ") and "-m submitit.core._submit" in line for line in script)
+    jobs = json.loads((out / "jobs" / "jobs.json").read_text())["jobs"]
+    assert sorted(jobs.values()) == [f"4242_{i}" for i in range(4)]
+    for key, job_id in jobs.items():    # each array task holds the run it trains
+        assert submitit.SlurmJob(out / "jobs" / "%j", job_id).submission().function.run.key == key
+    assert "(SLURM job 4242_0 submitted)" in (tmp_path / "results" / "ablation.md").read_text()
+
+    # later, without --wait: nothing is submitted again; what runs and what failed (with its log) is reported
+    (tmp_path / "sacct.txt").write_text("JobID|State|NodeList\n4242_0|RUNNING|node1\n4242_1|FAILED|node2\n"
+                                        "4242_[2-3%2]|PENDING|None assigned\n")
+    submitit.SlurmJob.watcher.clear()
+    capsys.readouterr()
+    assert main(args) == 1
+    assert len(list(scripts.iterdir())) == 1
+    markdown = (tmp_path / "results" / "ablation.md").read_text()
+    assert "(SLURM job 4242_0 running)" in markdown and "(SLURM job 4242_3 pending)" in markdown
+    failed_log = out / "jobs" / "4242_1" / "4242_1_0_log.err"
+    assert f"(failed: job 4242_1 ended (FAILED) without a result; log: {failed_log})" in markdown
+    assert f"log: {failed_log}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--launcher", "pool"], "unknown launcher 'pool'; choices: inprocess, local, slurm"),
+    (["--launcher", "local", "--wait"], "--wait is for --launcher slurm"),
+    (["--launcher", "slurm"], "`sbatch` is not on the PATH"),
+    (["--launcher", "slurm", "--slurm-param", "qos"], "--slurm-param expects KEY=VALUE"),
+])
+def test_bad_launcher_options_are_one_line_errors(tmp_path, monkeypatch, capsys, args, message):
+    from test_ablate import _tiny, _write
+    from yolo.ablate.cli import main
+    monkeypatch.setenv("PATH", str(tmp_path))      # no sbatch here
+    path = _write(tmp_path / "a.yaml", _tiny(tmp_path))
+    assert main(["--config", str(path), "--output-dir", str(tmp_path / "out"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 
 POLL_S = {"local": 1.0, "slurm": 60.0}     # how often a waiting launcher looks at its jobs
 SLURM_ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED",
-                "REQUEUE_HOLD", "REQUEUE_FED", "UNKNOWN")   # UNKNOWN: sacct did not answer (yet)
+                "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED",   # PREEMPTED: until its requeued job shows up
+                "UNKNOWN")                                    # UNKNOWN: sacct did not answer (yet)
 
 
 @dataclasses.dataclass
@@ -142,6 +143,7 @@ def _collect(job, run: Run, selection: str, results: dict, failures: dict):
 
 
 def _slurm(runs, selection, job_dir, options):
+    executor = make_executor("slurm", job_dir, options.spec)    # checks sbatch and the parameters first
     results, todo = prepare_runs(runs, selection)
     record = jobs_record(job_dir)
     failures, running, submit = {}, {}, []
@@ -155,7 +157,7 @@ def _slurm(runs, selection, job_dir, options):
         else:
             submit.append(run)
     if submit:
-        jobs = _submit_array(submit, selection, job_dir, options.spec)
+        jobs = _submit_array(executor, submit, selection, job_dir)
         record["jobs"].update({run.key: job.job_id for run, job in zip(submit, jobs)})
         _write_record(job_dir, record)
         running.update({run.key: f"SLURM job {job.job_id} submitted" for run, job in zip(submit, jobs)})
@@ -164,9 +166,8 @@ def _slurm(runs, selection, job_dir, options):
     return results, failures, running
 
 
-def _submit_array(runs: list[Run], selection: str, job_dir, spec: JobSpec) -> list:
+def _submit_array(executor, runs: list[Run], selection: str, job_dir) -> list:
     """One job per run, as one SLURM job array (``--array-parallelism`` of them at a time)."""
-    executor = make_executor("slurm", job_dir, spec)
     with executor.batch():
         jobs = [executor.submit(AblationRun(run, selection)) for run in runs]
     logger.info("submitted %d runs as SLURM job array %s; logs in %s", len(jobs), jobs[0].job_id.split("_")[0],
