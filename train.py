@@ -45,7 +45,7 @@ def submit(cfg, args) -> dict | None:
     failure = job_failure(job)
     if failure:
         raise JobFailed(failure)
-    return job.result()
+    return job.results()[0]   # rank 0's metrics
 
 
 LAUNCHERS = {"inprocess": train_here, "local": submit, "slurm": submit}

@@ -188,3 +188,23 @@ def test_bad_launcher_options_are_one_line_errors(tmp_path, monkeypatch, capsys,
     assert main(["--config", str(path), "--output-dir", str(tmp_path / "out"), *args]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_train_py_submits_a_two_rank_ddp_job_whose_ranks_come_from_the_job(tiny_config, one_thread):
+    """``--tasks-per-node 2`` on the local executor: the job's two tasks become DDP ranks 0 and 1 (gloo on the
+    CPU), as the tasks of a multi-node SLURM job do."""
+    import subprocess
+    import sys
+    from conftest import REPO, tiny_args
+    args = tiny_args(tiny_config) + ["--epochs", "1", "--name", "ddp", "--launcher", "local", "--tasks-per-node", "2",
+                                     "--gpus-per-node", "0"]
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), *args], capture_output=True, text=True,
+                            cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "submitted local job" in result.stdout and '"voc07_map50"' in result.stdout
+    run = tiny_config.run_dir.parent / "ddp"
+    task_logs = sorted((run / "jobs").glob("*/*_log.out"))
+    assert [("global_rank=0(2)" in log.read_text(), "global_rank=1(2)" in log.read_text()) for log in task_logs] \
+        == [(True, False), (False, True)]
+    assert (run / "train.log").read_text().count("epoch 1/1:") == 1     # rank 0 alone logs: one DDP run, not two
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1 and (run / "results.json").is_file()
