@@ -64,7 +64,8 @@ def _slurm_executor(folder, spec: JobSpec):
     params = dict(name=spec.name, timeout_min=spec.timeout_min, nodes=spec.nodes, tasks_per_node=spec.tasks_per_node,
                   gpus_per_node=spec.gpus_per_node or None, cpus_per_task=spec.cpus_per_task,
                   slurm_partition=spec.partition, slurm_array_parallelism=spec.array_parallelism,
-                  slurm_signal_delay_s=spec.signal_delay_s, **{f"slurm_{k}": v for k, v in spec.slurm_params.items()})
+                  slurm_signal_delay_s=spec.signal_delay_s)
+    params.update({f"slurm_{k}": v for k, v in spec.slurm_params.items()})   # the pass-through wins
     try:
         executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
     except (NameError, ValueError, AssertionError) as exc:   # submitit's messages list the valid parameters
