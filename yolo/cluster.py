@@ -20,7 +20,6 @@ import signal
 from pathlib import Path
 
 import submitit
-import torch
 
 from yolo.config import ConfigError
 from yolo.fit import StopRequest, fit

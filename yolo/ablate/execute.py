@@ -2,7 +2,8 @@
 once per scoring its variants need, and write its result file as soon as it is done.
 
 In this process one run after another, or ``--jobs N`` spawned processes (one per run). A failed run is logged and
-left out while the others go on; an interrupted one resumes from its ``last.pt`` next time.
+left out while the others go on; an interrupted one resumes from its ``last.pt`` next time. ``yolo.ablate.launch``
+runs the same ``run_one`` as submitit jobs (``--launcher local / slurm``).
 """
 import copy
 import dataclasses

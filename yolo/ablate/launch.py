@@ -9,7 +9,6 @@
 Every launcher returns ``(results, failures, running)``: ``{run key: result}`` of the runs with a complete result,
 ``{run key: why it failed}`` (a submitit job's reason ends with its log path) and ``{run key: job state}``.
 """
-import copy
 import dataclasses
 import json
 import logging
@@ -85,8 +84,7 @@ def _inprocess(runs, selection, job_dir, options):
 
 def _local(runs, selection, job_dir, options):
     results, todo = prepare_runs(runs, selection)
-    spec = copy.deepcopy(options.spec)
-    executor = make_executor("local", job_dir, spec)
+    executor = make_executor("local", job_dir, options.spec)
     threads = max(1, (os.cpu_count() or 1) // options.jobs)
     clock, failures, queue, free, alive = Progress(len(todo), selection), {}, list(todo), list(range(options.jobs)), {}
     logger.info("local jobs: scripts and logs in %s", job_dir)
