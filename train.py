@@ -5,6 +5,7 @@
     python train.py --cls-loss sigmoid_focal --gamma 2 --alpha 0.25 --name focal
     python train.py --resume runs/focal/last.pt
     torchrun --nproc_per_node=4 train.py --config configs/voc.yaml
+    python train.py --config configs/voc.yaml --launcher slurm --nodes 2 --gpus-per-node 4 --slurm-partition gpu
 
 Every config field has a flag (python train.py --help); results go to runs/NAME/
 (TensorBoard: tensorboard --logdir runs).
@@ -15,9 +16,39 @@ import os
 import sys
 
 from yolo.checkpoint import load_checkpoint
+from yolo.cluster import (JobFailed, JobSpec, TrainJob, add_cluster_args, job_failure, job_log, make_executor,
+                          parse_slurm_params)
 from yolo.config import ConfigError, add_config_args, config_from_args
 from yolo.engine import NonFiniteLoss
 from yolo.fit import fit
+
+
+def train_here(cfg, args) -> dict:
+    """This process (one rank of torchrun)."""
+    return fit(cfg, resume=args.resume, progress=not args.no_progress)
+
+
+def submit(cfg, args) -> dict | None:
+    """A submitit job (local or SLURM): one DDP rank per task, requeued on preemption, resuming its last.pt.
+    Waits for it (local, or slurm with --wait) and returns its metrics, else None."""
+    tasks_per_node = args.tasks_per_node or max(args.gpus_per_node, 1)
+    spec = JobSpec(timeout_min=args.timeout_min, nodes=args.nodes, tasks_per_node=tasks_per_node,
+                   gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task, partition=args.slurm_partition,
+                   slurm_params=parse_slurm_params(args.slurm_param), name=f"train-{cfg.name}")
+    executor = make_executor(args.launcher, args.job_dir or cfg.run_dir / "jobs" / "%j", spec)
+    job = executor.submit(TrainJob(cfg, args.resume))
+    print(f"submitted {args.launcher} job {job.job_id} ({args.nodes} x {tasks_per_node} tasks) for {cfg.run_dir}; "
+          f"log: {job_log(job)}")
+    if args.launcher == "slurm" and not args.wait:
+        return None
+    job.wait()
+    failure = job_failure(job)
+    if failure:
+        raise JobFailed(failure)
+    return job.results()[0]   # rank 0's metrics
+
+
+LAUNCHERS = {"inprocess": train_here, "local": submit, "slurm": submit}
 
 
 def main(argv=None) -> int:
@@ -25,15 +56,31 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--resume", metavar="CKPT", help="continue a run exactly from its last.pt")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    parser.add_argument("--launcher", default="inprocess", metavar="NAME",
+                        help=f"where to train: {', '.join(LAUNCHERS)} (default: inprocess, this process or "
+                             f"torchrun; local / slurm: a submitit job, docs/cluster.md)")
+    cluster = add_cluster_args(parser)
+    cluster.add_argument("--nodes", type=int, default=1, help="slurm: nodes of the job")
+    cluster.add_argument("--gpus-per-node", type=int, default=1, help="GPUs per node (default 1)")
+    cluster.add_argument("--tasks-per-node", type=int, help="DDP ranks per node (default: --gpus-per-node)")
+    cluster.add_argument("--cpus-per-task", type=int, help="CPUs of each rank")
+    cluster.add_argument("--wait", action="store_true", help="slurm: wait for the job and print its metrics")
     add_config_args(parser)
     args = parser.parse_args(argv)
     try:
+        if args.launcher not in LAUNCHERS:
+            raise ConfigError(f"unknown launcher {args.launcher!r}; choices: {', '.join(LAUNCHERS)}")
+        if args.wait and args.launcher != "slurm":
+            raise ConfigError(f"--wait is for --launcher slurm (--launcher {args.launcher} always waits)")
         stored = load_checkpoint(args.resume)["config"] if args.resume else None
         cfg = config_from_args(args, base=stored)
-        metrics = fit(cfg, resume=args.resume, progress=not args.no_progress)
+        metrics = LAUNCHERS[args.launcher](cfg, args)
     except (ConfigError, FileNotFoundError, NonFiniteLoss) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
+    except JobFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if metrics and os.environ.get("RANK", "0") == "0":
         summary = {k: metrics[k] for k in ("voc07_map50", "voc_map50", "coco_ap", "coco_ap50")}
         print(f"{cfg.run_dir}: {json.dumps(summary)}")

@@ -254,7 +254,7 @@ def _fake_metrics(value: float) -> dict:
 
 
 def _fake_fit(calls: list, finish_at: int = 1, fail=lambda cfg: False):
-    def fit(cfg, resume=None, progress=True):
+    def fit(cfg, resume=None, progress=True, stop=None):
         calls.append(resume)
         if fail(cfg):
             raise FloatingPointError("loss became NaN")
@@ -415,7 +415,7 @@ def test_tiny_ablation_end_to_end_continues_on_a_fresh_clone(tmp_path, monkeypat
 
     # a code change that alters results: the protocol version is bumped and every run is trained again
     trained = []
-    monkeypatch.setattr(execute, "fit", lambda cfg, resume=None, progress=True: trained.append(cfg.name))
+    monkeypatch.setattr(execute, "fit", lambda cfg, resume=None, progress=True, stop=None: trained.append(cfg.name))
     monkeypatch.setattr(plan, "PROTOCOL_VERSION", plan.PROTOCOL_VERSION + 1)
     with pytest.raises(RunInterrupted):   # the fake fit writes no results.json: the run did not finish
         run_ablation(load_ablation([cloned]), clone / "out", progress=False)

@@ -138,12 +138,13 @@ def log_to_file(run_dir: Path) -> logging.Handler:
 # the run
 
 
-def fit(cfg, resume: str | None = None, progress: bool = True) -> dict:
+def fit(cfg, resume: str | None = None, progress: bool = True, stop: StopRequest | None = None) -> dict:
     """Train ``cfg`` to the end (or resume ``resume``); returns the last evaluation's metrics.
 
     Writes into ``cfg.run_dir``: ``config.yaml``, ``train.log``, ``last.pt`` (every epoch), ``best.pt`` (best
     val VOC07 mAP), ``results.json`` (final metrics) and the TensorBoard events (or into ``cfg.logdir``).
-    SIGTERM / SIGINT save ``last.pt`` after the current step and return early (no ``results.json``).
+    SIGTERM / SIGINT save ``last.pt`` after the current step and return early (no ``results.json``); ``stop``
+    replaces that stop request (``yolo.cluster`` passes one that also takes the scheduler's preemption signal).
     """
     device = distributed.local_device(cfg.train.device)
     rank, world_size = distributed.init_distributed(device)
@@ -152,7 +153,7 @@ def fit(cfg, resume: str | None = None, progress: bool = True) -> dict:
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
         log_handler = log_to_file(cfg.run_dir)
         save_yaml(cfg, cfg.run_dir / "config.yaml")
-    stop = StopRequest()
+    stop = StopRequest() if stop is None else stop
     stop.install()
     try:
         return _run(cfg, resume, progress and rank == 0, device, rank, world_size, stop)

@@ -3,6 +3,7 @@ advance, scored on the test split, and summarised with confidence intervals and 
 
     python -m yolo.ablate --config configs/ablation/shapes_conf_loss.yaml configs/ablation/shapes_cls_loss.yaml
     python -m yolo.ablate --config configs/ablation/voc_cls_loss.yaml --seeds 5 --jobs 2 --devices cuda:0,cuda:1
+    python -m yolo.ablate --config configs/ablation/voc_cls_loss.yaml --launcher slurm --slurm-partition gpu
     tensorboard --logdir runs/ablation/shapes_conf_loss+shapes_cls_loss/tb
 
 Where each concern lives:
@@ -11,6 +12,7 @@ Where each concern lives:
     plan.py      runs: one per distinct (training config, seed), the cache key, PROTOCOL_VERSION
     results.py   the committed result file of each run (what makes a fresh clone continue where it stopped)
     execute.py   training and scoring the runs, in this process or --jobs processes
+    launch.py    --launcher inprocess | local | slurm: the runs as submitit jobs (docs/cluster.md)
     stats.py     t intervals, paired t-test, Holm correction, smallest detectable difference (scipy.stats)
     buckets.py   the long tail: classes by training-image frequency, AP per bucket
     tables.py    rows per variant and seed, then the per-table summaries and comparisons

@@ -8,38 +8,42 @@ from pathlib import Path
 
 import torch
 
-from yolo.ablate.execute import LOG_FORMAT, RunInterrupted, cached_results, execute
+from yolo.ablate.execute import LOG_FORMAT, RunInterrupted, cached_results
+from yolo.ablate.launch import LAUNCHERS, LaunchOptions, launch
 from yolo.ablate.plan import plan_runs
 from yolo.ablate.report import describe_setup, write_report
 from yolo.ablate.results import stale_results
 from yolo.ablate.spec import Ablation, load_ablation
 from yolo.ablate.tables import collect_rows, summarize_tables
+from yolo.cluster import JobSpec, add_cluster_args, parse_slurm_params
 from yolo.config import ConfigError
 
 
 def run_ablation(ablation: Ablation, output_dir, *, results_dir=None, jobs: int = 1,
                  devices: list[str] | None = None, progress: bool = True, report_only: bool = False,
-                 command: str = "") -> dict:
-    """Plan, run what has no result (nothing with ``report_only``), and write the report.
+                 command: str = "", launcher: str = "inprocess", cluster: dict | None = None) -> dict:
+    """Plan, run what has no result (nothing with ``report_only``) with ``launcher``, and write the report.
 
     Checkpoints go under ``output_dir``; result files and the report into ``results_dir`` (default: the
-    ablation's ``results`` folder, else ``output_dir``). Returns ``{"runs", "results", "failures", "rows",
-    "summary", "paths"}`` (see ``plan_runs``, ``execute``, ``collect_rows``, ``summarize_tables``, ``write_report``).
+    ablation's ``results`` folder, else ``output_dir``). ``cluster``: the other fields of ``LaunchOptions`` (job
+    folder, job spec, wait, retry_failed). Returns ``{"runs", "results", "failures", "running", "rows", "summary",
+    "paths"}`` (see ``plan_runs``, ``launch``, ``collect_rows``, ``summarize_tables``, ``write_report``).
     """
     tic = time.perf_counter()
     results_dir = Path(results_dir or ablation.results_dir or output_dir)
     runs = plan_runs(ablation, output_dir, results_dir)
     if report_only:
-        results, failures = cached_results(runs, ablation.selection), {}
+        results, failures, running = cached_results(runs, ablation.selection), {}, {}
     else:
-        results, failures = execute(runs, ablation.selection, jobs=jobs, devices=devices, progress=progress)
+        options = LaunchOptions(jobs=jobs, devices=devices, progress=progress, **(cluster or {}))
+        results, failures, running = launch(launcher, runs, ablation.selection, output_dir, options)
     rows = collect_rows(ablation, runs, results)
     summary = summarize_tables(ablation, rows)
     setup = describe_setup(ablation, runs, results, failures, command=command, wall_s=time.perf_counter() - tic,
-                           stale=stale_results(results_dir, runs))
+                           stale=stale_results(results_dir, runs), running=running)
     paths = write_report(results_dir, summary, rows, setup, ablation.buckets)
-    return {"runs": runs, "results": results, "failures": failures, "rows": rows, "summary": summary,
-            "paths": paths}
+    return {"runs": runs, "results": results, "failures": failures, "running": running, "rows": rows,
+            "summary": summary, "paths": paths}
 
 
 def parse_devices(text: str | None) -> list[str] | None:
@@ -71,11 +75,24 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "runs/ablation/<name of the file(s)>)")
     parser.add_argument("--results-dir", metavar="DIR", help="result files and report (default: the files' "
                                                              "`results`, else the output folder)")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process")
-    parser.add_argument("--devices", help="comma-separated devices for the --jobs slots, e.g. cuda:0,cuda:1 "
-                                          "(default: each config's train.device)")
+    parser.add_argument("--launcher", default="inprocess", metavar="NAME",
+                        help=f"where the runs train: {', '.join(LAUNCHERS)} (default: inprocess; see "
+                             f"docs/cluster.md)")
+    parser.add_argument("--jobs", type=int, default=1, help="inprocess / local: runs at a time, each in its own "
+                                                            "process")
+    parser.add_argument("--devices", help="inprocess / local: comma-separated devices for the --jobs slots, e.g. "
+                                          "cuda:0,cuda:1 (default: each config's train.device)")
     parser.add_argument("--report-only", action="store_true", help="train nothing: report the finished runs")
     parser.add_argument("--no-progress", action="store_true", help="no per-epoch progress bars")
+    cluster = add_cluster_args(parser)
+    cluster.add_argument("--gpus-per-run", type=int, default=1, help="slurm: GPUs of each run's job (default 1)")
+    cluster.add_argument("--cpus-per-run", type=int, help="slurm: CPUs of each run's job")
+    cluster.add_argument("--array-parallelism", type=int, help="slurm: jobs of the array running at a time")
+    cluster.add_argument("--wait", action="store_true", help="slurm: follow the jobs and write the report when "
+                                                             "they are done (without it: submit and return; the "
+                                                             "same command later collects the results)")
+    cluster.add_argument("--retry-failed", action="store_true", help="slurm: submit the runs whose job failed "
+                                                                     "again")
     return parser
 
 
@@ -90,7 +107,8 @@ def main(argv=None) -> int:
         output_dir = Path(args.output_dir or Path("runs") / "ablation" / ablation.name)
         out = run_ablation(ablation, output_dir, results_dir=args.results_dir, jobs=args.jobs,
                            devices=parse_devices(args.devices), progress=not args.no_progress,
-                           report_only=args.report_only, command=command)
+                           report_only=args.report_only, command=command, launcher=args.launcher,
+                           cluster=cluster_options(args, ablation.name))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -103,4 +121,16 @@ def main(argv=None) -> int:
         return 130
     print(out["paths"]["md"].read_text())
     print("wrote " + ", ".join(str(p) for p in out["paths"].values()))
+    for key, state in out["running"].items():
+        print(f"still to finish: {key}: {state}")
+    for key, why in out["failures"].items():
+        print(f"failed: {key}: {why}", file=sys.stderr)
     return 1 if out["failures"] else 0
+
+
+def cluster_options(args, name: str) -> dict:
+    """The ``LaunchOptions`` fields of --launcher local / slurm from the command line."""
+    spec = JobSpec(timeout_min=args.timeout_min, gpus_per_node=args.gpus_per_run, cpus_per_task=args.cpus_per_run,
+                   partition=args.slurm_partition, array_parallelism=args.array_parallelism,
+                   slurm_params=parse_slurm_params(args.slurm_param), name=f"ablate-{name}")
+    return {"job_dir": args.job_dir, "spec": spec, "wait": args.wait, "retry_failed": args.retry_failed}

@@ -2,7 +2,8 @@
 once per scoring its variants need, and write its result file as soon as it is done.
 
 In this process one run after another, or ``--jobs N`` spawned processes (one per run). A failed run is logged and
-left out while the others go on; an interrupted one resumes from its ``last.pt`` next time.
+left out while the others go on; an interrupted one resumes from its ``last.pt`` next time. ``yolo.ablate.launch``
+runs the same ``run_one`` as submitit jobs (``--launcher local / slurm``).
 """
 import copy
 import dataclasses
@@ -21,6 +22,7 @@ from yolo.ablate.plan import PROTOCOL_VERSION, Run, config_hash
 from yolo.ablate.results import code_revision, missing_scores, read_result, score_key, write_result
 from yolo.ablate.spec import METRIC, scored_with
 from yolo.checkpoint import load_checkpoint
+from yolo.cluster import RunInterrupted
 from yolo.distributed import local_device
 from yolo.fit import evaluate_checkpoint, fit, prepare_data
 from yolo.hardware import describe_device, describe_machine
@@ -31,29 +33,26 @@ LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 EXIT_INTERRUPTED = 3
 
 
-class RunInterrupted(RuntimeError):
-    """Training stopped before its last epoch (SIGINT / SIGTERM); re-running the ablation resumes it."""
-
-
-def run_one(run: Run, selection: str, progress: bool = True) -> dict:
+def run_one(run: Run, selection: str, progress: bool = True, stop=None) -> dict:
     """Train (or resume) one run, score it, write ``run.result_path``; returns the result (see yolo.ablate.results).
 
     A committed result is reused as it is; one that lacks a scoring is completed from the run's checkpoint, or by
     training the run again where the checkpoint is not on this machine (a fresh clone). Raises ``RunInterrupted``.
+    ``stop``: the stop request ``fit`` honours (default: its own, SIGTERM / SIGINT).
     """
     result = read_result(run)
     if result is not None and not missing_scores(result, run, selection):
         return result
     checkpoint = run.cfg.run_dir / ("best.pt" if selection == "best_val" else "last.pt")
     if result is None or not checkpoint.is_file():
-        result = {**_train(run, progress), "scores": result["scores"] if result else {}}
+        result = {**_train(run, progress, stop), "scores": result["scores"] if result else {}}
     for scoring in missing_scores(result, run, selection):
         result["scores"][score_key(selection, scoring)] = _score(run, checkpoint, scoring)
     write_result(run.result_path, result)
     return result
 
 
-def _train(run: Run, progress: bool) -> dict:
+def _train(run: Run, progress: bool, stop) -> dict:
     """Train to the last epoch (resuming ``last.pt``); returns the training part of the result.
 
     ``fit`` writes ``results.json`` only once the last epoch is trained and evaluated: it marks a finished run
@@ -65,7 +64,7 @@ def _train(run: Run, progress: bool) -> dict:
         last = cfg.run_dir / "last.pt"
         if last.is_file():
             logger.info("resuming %s from %s", cfg.run_dir, last)
-        fit(cfg, resume=str(last) if last.is_file() else None, progress=progress)
+        fit(cfg, resume=str(last) if last.is_file() else None, progress=progress, stop=stop)
         if not finished.is_file():
             raise RunInterrupted(f"{cfg.run_dir} stopped before its last epoch; run the same command again to resume")
     trained = json.loads(finished.read_text())
@@ -154,11 +153,7 @@ def execute(runs: list[Run], selection: str, *, jobs: int = 1, devices: list[str
     interrupted one resumes next time). ``devices``: run slot i (of ``jobs``) trains on ``devices[i %
     len(devices)]``; default: the config's device.
     """
-    results = cached_results(runs, selection)
-    todo = [run for run in runs if run.key not in results]
-    logger.info("%d runs: %d with a result already, %d to run", len(runs), len(results), len(todo))
-    for cfg in {json.dumps(dataclasses.asdict(r.cfg.data), sort_keys=True): r.cfg for r in todo}.values():
-        prepare_data(cfg)  # generate / check the data once, before runs (or processes) use it
+    results, todo = prepare_runs(runs, selection)
     if jobs == 1:
         failures = _run_sequential(todo, selection, results, devices, progress)
     else:
@@ -166,8 +161,20 @@ def execute(runs: list[Run], selection: str, *, jobs: int = 1, devices: list[str
     return results, failures
 
 
-def _on_device(run: Run, device: str | None) -> Run:
-    if device is None:
+def prepare_runs(runs: list[Run], selection: str) -> tuple[dict, list[Run]]:
+    """({run key: complete result}, the runs still to run); generates / checks each dataset once, before runs (or
+    processes, or jobs) use it."""
+    results = cached_results(runs, selection)
+    todo = [run for run in runs if run.key not in results]
+    logger.info("%d runs: %d with a result already, %d to run", len(runs), len(results), len(todo))
+    for cfg in {json.dumps(dataclasses.asdict(r.cfg.data), sort_keys=True): r.cfg for r in todo}.values():
+        prepare_data(cfg)
+    return results, todo
+
+
+def on_device(run: Run, device: str | None) -> Run:
+    """``run`` trained on ``device`` (None, or its own device: the run itself)."""
+    if device is None or device == run.cfg.train.device:
         return run
     cfg = copy.deepcopy(run.cfg)
     cfg.train.device = device
@@ -177,7 +184,7 @@ def _on_device(run: Run, device: str | None) -> Run:
 def _run_sequential(todo, selection, results, devices, progress) -> dict:
     clock, failures = Progress(len(todo), selection), {}
     for run in todo:
-        run = _on_device(run, devices[0] if devices else None)
+        run = on_device(run, devices[0] if devices else None)
         logger.info(clock.start(run))
         try:
             results[run.key] = run_one(run, selection, progress)
@@ -199,7 +206,7 @@ def _run_parallel(todo, selection, results, jobs, devices) -> dict:
         while queue or alive:
             while queue and free:
                 slot, run = free.pop(0), queue.pop(0)
-                run = _on_device(run, devices[slot % len(devices)] if devices else None)
+                run = on_device(run, devices[slot % len(devices)] if devices else None)
                 logger.info(clock.start(run))
                 process = context.Process(target=_child, args=(run, selection, threads), name=run.name)
                 process.start()

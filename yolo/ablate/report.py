@@ -18,12 +18,15 @@ SELECTION_TEXT = {
 
 
 def describe_setup(ablation: Ablation, runs: list, results: dict, failures: dict, *, command: str,
-                   wall_s: float, stale: list) -> dict:
-    """The report header's facts: command, times, machines, devices, rules, and the runs without results."""
+                   wall_s: float, stale: list, running: dict | None = None) -> dict:
+    """The report header's facts: command, times, machines, devices, rules, and the runs without results (failed,
+    still running as a cluster job (``running``: {run key: job state}), or not run)."""
     variants = ablation.variants()
     done = [results[r.key] for r in runs if r.key in results]
+    running = running or {}
     missing = [f"{' = '.join(r.variants)} seed {r.seed}"
-               + (f" (failed: {failures[r.key]})" if r.key in failures else " (not run)")
+               + (f" (failed: {failures[r.key]})" if r.key in failures else
+                  f" ({running[r.key]})" if r.key in running else " (not run)")
                for r in runs if r.key not in results]
     members = sorted({(c, n) for result in done for c, n in result["class_images"].items()}, key=lambda x: -x[1])
     return {
