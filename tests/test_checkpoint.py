@@ -112,6 +112,14 @@ def test_torn_empty_and_foreign_files_are_one_line_refusals_naming_the_run_check
         assert str(run / name) in message and str(run / "last.pt") in message and "\n" not in message
 
 
+def test_a_checkpoint_of_the_previous_format_is_refused_with_a_clear_message(tmp_path):
+    previous = {"model": {}, "config": {}, "classes": [], "epoch": 1,  # the RNG state as yolo stored it before
+                "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}}
+    torch.save(previous, tmp_path / "last.pt")
+    with pytest.raises(CheckpointError, match=r"last.pt: refused, not loaded: .*numpy.*before data-only checkpoints"):
+        load_checkpoint(tmp_path / "last.pt")
+
+
 def _md5(path):
     return hashlib.md5(path.read_bytes()).hexdigest()
 

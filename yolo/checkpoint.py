@@ -79,9 +79,10 @@ def safe_load(path, what: str = "checkpoint", map_location="cpu"):
     except pickle.UnpicklingError as exc:
         reason = _unpickler_reason(str(exc))
         if "GLOBAL" in reason:
-            raise CheckpointError(f"{path}: refused, not loaded: it holds an object that could run code ({reason}); "
-                                  f"a {what} may hold only tensors, numbers, strings, lists and dicts (a checkpoint "
-                                  f"of a yolo version before data-only checkpoints is refused too: retrain it)") from None
+            raise CheckpointError(f"{path}: refused, not loaded: a {what} may hold only tensors, numbers, strings, "
+                                  f"lists and dicts, this one holds an object that could run code ({reason}); "
+                                  f"checkpoints of yolo before data-only checkpoints (NumPy RNG state) are refused "
+                                  f"too: retrain") from None
         raise CheckpointError(f"{path}: not a torch {what} ({reason}){hint}") from None
     except Exception as exc:  # torch reports torn zips, foreign bytes and short reads with many exception types
         reason = "truncated or corrupted" if "zip archive" in str(exc) else f"unreadable: {type(exc).__name__}"
