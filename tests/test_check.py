@@ -168,3 +168,13 @@ def test_a_folder_without_images_is_an_error_never_clean(tmp_path, capsys):
         assert check.main([str(root), "--split", "2012:trainval"]) == 2   # a split listing no image
         assert "lists no images" in capsys.readouterr().err
     assert "no problems found" not in capsys.readouterr().out
+
+
+def test_a_billion_laughs_annotation_is_refused_at_once(broken_root):
+    root, _ = broken_root
+    lol = '<!ENTITY lol0 "lol">' + "".join(f'<!ENTITY lol{i} "{f"&lol{i - 1};" * 10}">' for i in range(1, 10))
+    xml = root / "VOCdevkit" / "VOCshapes" / "Annotations" / "000010.xml"
+    xml.write_text(f'<?xml version="1.0"?><!DOCTYPE annotation [{lol}]><annotation><filename>000010.jpg'
+                   f'</filename><object><name>&lol9;</name></object></annotation>')  # 10**9 "lol"s if expanded
+    found = {Path(p["file"]).name: p for p in check.audit(root, "shapes:train", decode=False)["problems"]}
+    assert found["000010.xml"]["kind"] == "malformed XML" and "amplification" in found["000010.xml"]["detail"]
