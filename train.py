@@ -15,7 +15,7 @@ import json
 import os
 import sys
 
-from yolo.checkpoint import load_checkpoint
+from yolo.checkpoint import CheckpointWriteError, load_checkpoint
 from yolo.cluster import (JobFailed, JobSpec, TrainJob, add_cluster_args, job_failure, job_log, make_executor,
                           parse_slurm_params)
 from yolo.config import ConfigError, add_config_args, config_from_args
@@ -54,7 +54,8 @@ LAUNCHERS = {"inprocess": train_here, "local": submit, "slurm": submit}
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Train a YOLOv1-style detector.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--resume", metavar="CKPT", help="continue a run exactly from its last.pt")
+    parser.add_argument("--resume", metavar="CKPT", help="continue a run exactly from its last.pt (config flags may "
+                        "only raise --epochs or change where/how it runs: see README, 'Resuming')")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     parser.add_argument("--launcher", default="inprocess", metavar="NAME",
                         help=f"where to train: {', '.join(LAUNCHERS)} (default: inprocess, this process or "
@@ -75,9 +76,9 @@ def main(argv=None) -> int:
         stored = load_checkpoint(args.resume)["config"] if args.resume else None
         cfg = config_from_args(args, base=stored)
         metrics = LAUNCHERS[args.launcher](cfg, args)
-    except (ConfigError, FileNotFoundError, NonFiniteLoss) as exc:
+    except (ConfigError, FileNotFoundError, NonFiniteLoss, CheckpointWriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, ConfigError) else 1
+        return 2 if isinstance(exc, ConfigError) else 1  # bad input 2 (checkpoint, data, config); the run failed 1
     except JobFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

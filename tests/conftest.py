@@ -54,3 +54,17 @@ def tiny_args(cfg) -> list[str]:
         for key, value in values.items():
             args += [f"--{section}.{key}", json.dumps(value)]  # JSON is YAML, which the CLI parses
     return args + ["--data-root", cfg.data.root, "--output-dir", cfg.output_dir, "--name", cfg.name]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(shapes_root, tmp_path_factory) -> Path:
+    """The run folder of one finished 1-epoch tiny run (config.yaml, last.pt, best.pt), shared by the tests that
+    only read it; copy a file before changing it."""
+    from yolo.config import Config, update, validate
+    from yolo.fit import fit
+    cfg = update(Config(), TINY)
+    cfg.data.root = str(shapes_root)
+    cfg.output_dir = str(tmp_path_factory.mktemp("tiny-run"))
+    cfg.name, cfg.train.epochs = "tiny", 1
+    fit(validate(cfg), progress=False)
+    return cfg.run_dir

@@ -134,3 +134,47 @@ def test_real_voc_sample_is_clean():
     report = check.audit(VOC_SAMPLE)
     assert report["clean"] and report["images"] == 121
     assert report["per_class"]["chair"]["difficult"] >= 2 and report["per_class"]["person"]["objects"] > 50
+
+
+@pytest.mark.skipif(not (VOC_SAMPLE / "VOCdevkit").is_dir(),
+                    reason=f"real VOC sample not found at {VOC_SAMPLE} (../shared is not in a fresh clone)")
+def test_every_accepted_root_of_the_real_sample_finds_its_images(capsys):
+    devkit = VOC_SAMPLE / "VOCdevkit"
+    assert check.audit(devkit, decode=False)["images"] == 121
+    year = check.audit(devkit / "VOC2012", decode=False)           # one VOC<name> folder, given directly
+    assert year["images"] == year["annotations"] == 108 and year["folders"] == ["VOC2012"] and year["clean"]
+    assert check.audit(devkit / "VOC2012", "2012:trainval", decode=False)["images"] == 108
+    assert check.main([str(devkit / "VOC2007"), "--no-decode"]) == 0
+    assert "13 usable images of 13 annotations" in capsys.readouterr().out
+    # that folder holds no VOC2007: naming it is an error, not 0 images
+    assert check.main([str(devkit / "VOC2012"), "--split", "2007:test"]) == 2
+    assert "needs VOC2007" in capsys.readouterr().err
+    assert len(load_records(devkit / "VOC2012", "2012:trainval")) == 108
+
+
+def test_a_folder_without_images_is_an_error_never_clean(tmp_path, capsys):
+    assert check.main([str(tmp_path)]) == 2                        # an empty folder
+    err = capsys.readouterr().err
+    assert "no dataset at" in err and "VOCdevkit" in err and "found an empty folder" in err
+    (tmp_path / "notes.txt").write_text("hi")
+    assert check.main([str(tmp_path)]) == 2 and "1 entries: notes.txt" in capsys.readouterr().err
+    main = tmp_path / "VOCdevkit" / "VOC2012" / "ImageSets" / "Main"
+    main.mkdir(parents=True)
+    (main / "trainval.txt").write_text("\n")
+    (tmp_path / "VOCdevkit" / "VOC2012" / "Annotations").mkdir()
+    for root in (tmp_path, tmp_path / "VOCdevkit", tmp_path / "VOCdevkit" / "VOC2012"):
+        assert check.main([str(root)]) == 2                        # a devkit without annotations
+        assert "no annotations in" in capsys.readouterr().err
+        assert check.main([str(root), "--split", "2012:trainval"]) == 2   # a split listing no image
+        assert "lists no images" in capsys.readouterr().err
+    assert "no problems found" not in capsys.readouterr().out
+
+
+def test_a_billion_laughs_annotation_is_refused_at_once(broken_root):
+    root, _ = broken_root
+    lol = '<!ENTITY lol0 "lol">' + "".join(f'<!ENTITY lol{i} "{f"&lol{i - 1};" * 10}">' for i in range(1, 10))
+    xml = root / "VOCdevkit" / "VOCshapes" / "Annotations" / "000010.xml"
+    xml.write_text(f'<?xml version="1.0"?><!DOCTYPE annotation [{lol}]><annotation><filename>000010.jpg'
+                   f'</filename><object><name>&lol9;</name></object></annotation>')  # 10**9 "lol"s if expanded
+    found = {Path(p["file"]).name: p for p in check.audit(root, "shapes:train", decode=False)["problems"]}
+    assert found["000010.xml"]["kind"] == "malformed XML" and "amplification" in found["000010.xml"]["detail"]

@@ -89,3 +89,21 @@ def test_shipped_configs_are_valid(path):
     """Every training preset parses and validates (configs/ablation/ files are checked in test_ablate.py)."""
     cfg = _parse(["--config", str(path)])
     assert isinstance(cfg, Config) and cfg.name
+
+
+def test_diff_configs_and_the_resume_rule():
+    from yolo.config import check_resume, diff_configs
+    stored = Config()
+    assert diff_configs(stored, Config()) == {}
+    more = Config()
+    more.train.epochs, more.name, more.eval.conf_thresh, more.data.workers = 200, "other", 0.05, 0
+    assert diff_configs(stored, more) == {"name": ("voc", "other"), "data.workers": ("auto", 0),
+                                          "train.epochs": (160, 200), "eval.conf_thresh": (0.01, 0.05)}
+    check_resume(stored, more)  # more epochs, another name, worker count and scoring: the same training
+    for section, key, value in (("loss", "cls_loss", "sigmoid_focal"), ("data", "train", "2007:trainval"),
+                                ("model", "channels", 64), ("train", "lr", 0.01), ("train", "lr_steps", [50]),
+                                ("train", "seed", 1), ("train", "epochs", 100)):
+        changed = Config()
+        setattr(getattr(changed, section), key, value)
+        with pytest.raises(ConfigError, match=rf"differs from the checkpoint's in {section}\.{key} "):
+            check_resume(stored, changed)

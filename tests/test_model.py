@@ -224,6 +224,18 @@ def test_pretrained_from_a_local_file_and_a_foreign_file(tmp_path):
         build_model(ModelConfig(pretrained=str(tmp_path / "missing.pth")), C)
 
 
+def test_a_torn_or_code_holding_pretrained_file_is_a_one_line_refusal(tmp_path):
+    from yolo.checkpoint import CheckpointError
+    _resnet_state(tmp_path)
+    torn = tmp_path / "torn.pth"
+    torn.write_bytes((tmp_path / "resnet18.pth").read_bytes()[:100_000])
+    with pytest.raises(CheckpointError, match=r"torn.pth: not a usable ResNet-18 state dict \(truncated"):
+        build_model(ModelConfig(pretrained=str(torn), channels=32), C)
+    torch.save({"conv1.weight": print}, tmp_path / "code.pth")  # a callable: refused, never called
+    with pytest.raises(CheckpointError, match="code.pth: refused, not loaded"):
+        build_model(ModelConfig(pretrained=str(tmp_path / "code.pth"), channels=32), C)
+
+
 def test_prior_bias_sets_the_head():
     model = YOLO(C, channels=32, prior_prob=0.05)
     bias = model.heads[0].pred.bias

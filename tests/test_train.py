@@ -1,4 +1,5 @@
 """Training end to end on a tiny synthetic set: exact resume, interruption, non-finite loss, the CLIs."""
+import hashlib
 import json
 import math
 import os
@@ -201,11 +202,61 @@ def test_train_and_eval_commands(tiny_config, tmp_path):
         assert again[key] == from_model[key], key
 
 
-def test_train_without_voc_explains_how_to_get_data(tmp_path):
+def test_train_without_voc_explains_how_to_get_data_and_leaves_nothing_behind(tmp_path):
     result = _run("train.py", "--data-root", str(tmp_path / "nowhere"), cwd=tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "download_voc.py" in result.stderr and "configs/shapes.yaml" in result.stderr
     assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []  # no runs/voc/ with a log and a config
+
+
+def test_a_failed_start_creates_no_run_folder(tiny_config, tmp_path):
+    from yolo.config import ConfigError
+    (tmp_path / "empty").mkdir()
+    tiny_config.data.dataset, tiny_config.data.root = "voc", str(tmp_path / "empty")
+    with pytest.raises(ConfigError, match="no dataset at .*empty: expected .*; found an empty folder"):
+        fit(tiny_config, progress=False)
+    assert not tiny_config.run_dir.parent.exists()
+
+
+def _md5s(folder):
+    return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_resume_refuses_a_changed_run_and_touches_nothing(tiny_run, capsys):
+    import train
+    before = _md5s(tiny_run)
+    last = str(tiny_run / "last.pt")
+    assert train.main(["--resume", last, "--lr", "0.01", "--cls-loss", "sigmoid_focal", "--no-progress"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert "\n" not in line and "train.lr (0.002 -> 0.01)" in line and "loss.cls_loss ('ce' -> 'sigmoid_focal')" in line
+    assert "train.epochs" in line  # the message says what may change
+    assert train.main(["--resume", last, "--data.img_size", "96", "--no-progress"]) == 2
+    assert "data.img_size (64 -> 96)" in capsys.readouterr().err
+    assert _md5s(tiny_run) == before
+
+
+def test_disk_full_stops_the_run_with_one_line_and_keeps_the_last_checkpoint(tiny_config, monkeypatch, capsys):
+    import errno
+    import train
+    from yolo import checkpoint
+    real_save, saves = torch.save, []
+
+    def save_until_the_disk_is_full(obj, f):
+        saves.append(1)
+        if len(saves) > 2:  # epoch 1 writes best.pt and last.pt; the disk fills up during epoch 2's last.pt
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_save(obj, f)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save_until_the_disk_is_full)
+    assert train.main(tiny_args(tiny_config) + ["--epochs", "2", "--no-progress"]) == 1
+    monkeypatch.undo()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "No space left on device" in lines[0] and "last.pt" in lines[0], lines
+    assert load_checkpoint(tiny_config.run_dir / "last.pt")["epoch"] == 1  # intact and loadable
+    assert not [p for p in tiny_config.run_dir.iterdir() if p.name.endswith(".tmp")]
+    assert not (tiny_config.run_dir / "results.json").exists()
 
 
 def test_bad_config_values_are_one_line_errors(tmp_path):

@@ -12,7 +12,7 @@ import torch
 from yolo.boxes import voc_to_xyxy
 from yolo.data.shapes import generate
 from yolo.data.transforms import eval_transform, to_original, train_transform
-from yolo.data.voc import (VOC_CLASSES, ImageDecodeError, VOCDataset, decode_image, load_records,
+from yolo.data.voc import (VOC_CLASSES, DatasetError, ImageDecodeError, VOCDataset, decode_image, load_records,
                            parse_annotation, parse_spec, read_classes, read_image_size)
 
 VOC_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "voc-sample"
@@ -60,13 +60,13 @@ def test_read_classes(tmp_path):
 
 
 def test_missing_root_split_and_folder_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(DatasetError, match="does not exist"):
         load_records(tmp_path / "nowhere", "2007:test")
     (tmp_path / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main").mkdir(parents=True)
     (tmp_path / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main" / "val.txt").write_text("")
-    with pytest.raises(FileNotFoundError, match=r"no split file .*test.txt \(available splits: \['val'\]\)"):
+    with pytest.raises(DatasetError, match=r"no split file .*test.txt \(available splits: \['val'\]\)"):
         load_records(tmp_path, "2007:test")
-    with pytest.raises(FileNotFoundError, match=r"no folder .*VOC2012.*found: \['VOC2007'\]"):
+    with pytest.raises(DatasetError, match=r"no folder VOC2012 .*found: \['VOC2007'\]"):
         load_records(tmp_path, "2012:trainval")
 
 

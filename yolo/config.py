@@ -319,6 +319,43 @@ def from_dict(values: dict) -> Config:
     return validate(update(Config(), values, "stored config"))
 
 
+def diff_configs(a: Config, b: Config) -> dict[str, tuple]:
+    """``{"section.key": (value in a, value in b)}`` for every field that differs (top-level keys undotted)."""
+    def flat(cfg):
+        values = {}
+        for key, value in cfg.to_dict().items():
+            if isinstance(value, dict):
+                values.update({f"{key}.{sub}": v for sub, v in value.items()})
+            else:
+                values[key] = value
+        return values
+    left, right = flat(a), flat(b)
+    return {key: (left[key], right[key]) for key in left if left[key] != right[key]}
+
+
+# What a resumed run may change: where it writes and runs, how often it logs and evaluates, how it scores
+# (the eval section only affects evaluation), and train.epochs upward. Everything else changes what is learnt.
+RESUME_MAY_CHANGE = ("name", "output_dir", "logdir", "data.workers", "train.device", "train.compile",
+                     "train.log_every", "train.eval_every", "eval.*")
+
+
+def check_resume(stored: Config, cfg: Config, source: str = "--resume"):
+    """Refuse to resume the run of ``stored`` with ``cfg`` where they differ in anything that changes training;
+    ``train.epochs`` may grow (the run continues to the new end). Raises ``ConfigError`` listing the keys."""
+    def allowed(key):
+        return any(key == rule or (rule.endswith(".*") and key.startswith(rule[:-1])) for rule in RESUME_MAY_CHANGE)
+
+    changed = {k: v for k, v in diff_configs(stored, cfg).items() if not allowed(k)}
+    epochs = changed.pop("train.epochs", None)
+    if epochs is not None and epochs[1] < epochs[0]:
+        changed["train.epochs"] = epochs  # fewer epochs would end the run before the schedule it was trained on
+    if changed:
+        listed = ", ".join(f"{k} ({old!r} -> {new!r})" for k, (old, new) in changed.items())
+        raise ConfigError(f"{source}: the config differs from the checkpoint's in {listed}; a resumed run may "
+                          f"only raise train.epochs or change {', '.join(RESUME_MAY_CHANGE)} "
+                          f"(start a new run with --name to train a different config)")
+
+
 def save_yaml(cfg: Config, path):
     with open(path, "w") as f:
         yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)

@@ -4,6 +4,7 @@
 """
 import json
 import logging
+import logging.handlers
 import math
 import signal
 from pathlib import Path
@@ -12,12 +13,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from yolo import distributed
-from yolo.checkpoint import atomic_save, load_checkpoint, rng_state, seed_everything, set_rng_state
-from yolo.config import save_yaml
+from yolo.checkpoint import (CheckpointError, atomic_save, load_checkpoint, rng_state, seed_everything,
+                             set_rng_state)
+from yolo.config import check_resume, from_dict, save_yaml
 from yolo.data.loader import build_loader, resolve_workers
 from yolo.data.shapes import ensure_shapes
 from yolo.data.transforms import SSD_MIN_IOUS, eval_transform, train_transform
-from yolo.data.voc import VOCDataset, load_records, read_classes
+from yolo.data.voc import DatasetError, VOCDataset, load_records, read_classes
 from yolo.engine import ModelEMA, evaluate, sigmoid_scoring, train_one_epoch
 from yolo.hardware import autocast_dtype, log_precision
 from yolo.model import build_model
@@ -72,7 +74,7 @@ def prepare_data(cfg) -> tuple[Path, tuple]:
                           num_test=d.shapes_test, image_size=d.shapes_size)
         distributed.barrier()
     elif not root.is_dir():
-        raise FileNotFoundError(NO_DATA_HELP.format(root=root))
+        raise DatasetError(NO_DATA_HELP.format(root=root))
     return root, read_classes(root)
 
 
@@ -121,17 +123,35 @@ def lr_factor(step: int, steps_per_epoch: int, tcfg) -> float:
     return tcfg.lr_gamma ** sum(epoch >= milestone for milestone in tcfg.lr_steps)
 
 
-def log_to_file(run_dir: Path) -> logging.Handler:
-    """Send the package's log to a plain ``train.log`` in the run folder (and to the console if nothing
-    else does); returns the file handler, which the caller removes when the run ends."""
-    pkg = logging.getLogger("yolo")
-    pkg.setLevel(logging.INFO)
-    handler = logging.FileHandler(run_dir / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    pkg.addHandler(handler)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return handler
+class RunLog:
+    """The package's log of one run: on the console at once (when nothing else prints it), and in the run folder's
+    ``train.log`` from the very first line, though that folder is only created once the set-up has passed (the
+    lines until then are held in memory)."""
+
+    def __init__(self):
+        self._logger = logging.getLogger("yolo")
+        self._logger.setLevel(logging.INFO)
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        self._held = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
+        self._file = None
+        self._logger.addHandler(self._held)
+
+    def open(self, run_dir: Path):
+        """Start ``run_dir/train.log`` with the lines held so far; later lines go straight to it."""
+        self._file = logging.FileHandler(run_dir / "train.log")
+        self._file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self._held.setTarget(self._file)
+        self._held.flush()
+        self._logger.removeHandler(self._held)
+        self._logger.addHandler(self._file)
+
+    def close(self):
+        """Remove the handlers (an ablation runs many fits in one process); unopened, the held lines are dropped."""
+        for handler in (self._held, self._file):
+            if handler is not None:
+                self._logger.removeHandler(handler)
+                handler.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -143,31 +163,36 @@ def fit(cfg, resume: str | None = None, progress: bool = True, stop: StopRequest
 
     Writes into ``cfg.run_dir``: ``config.yaml``, ``train.log``, ``last.pt`` (every epoch), ``best.pt`` (best
     val VOC07 mAP), ``results.json`` (final metrics) and the TensorBoard events (or into ``cfg.logdir``).
-    SIGTERM / SIGINT save ``last.pt`` after the current step and return early (no ``results.json``); ``stop``
-    replaces that stop request (``yolo.cluster`` passes one that also takes the scheduler's preemption signal).
+    The folder is created only once the data, the model and the checkpoint to resume have been checked, so a run
+    that fails to start leaves nothing behind. SIGTERM / SIGINT save ``last.pt`` after the current step and return
+    early (no ``results.json``); ``stop`` replaces that stop request (``yolo.cluster`` passes one that also takes
+    the scheduler's preemption signal). A failed checkpoint write raises ``CheckpointWriteError``.
     """
     device = distributed.local_device(cfg.train.device)
     rank, world_size = distributed.init_distributed(device)
-    log_handler = None
-    if rank == 0:
-        cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        log_handler = log_to_file(cfg.run_dir)
-        save_yaml(cfg, cfg.run_dir / "config.yaml")
+    run_log = RunLog() if rank == 0 else None
     stop = StopRequest() if stop is None else stop
     stop.install()
     try:
-        return _run(cfg, resume, progress and rank == 0, device, rank, world_size, stop)
+        parts, state = _setup(cfg, resume, device, rank, world_size)
+        if rank == 0:
+            cfg.run_dir.mkdir(parents=True, exist_ok=True)
+            run_log.open(cfg.run_dir)
+            save_yaml(cfg, cfg.run_dir / "config.yaml")
+        return _train(parts, state, device, world_size, stop, progress and rank == 0)
     finally:
         stop.uninstall()
-        if log_handler is not None:
-            logging.getLogger("yolo").removeHandler(log_handler)
-            log_handler.close()
+        if run_log is not None:
+            run_log.close()
         distributed.cleanup()
 
 
-def _run(cfg, resume, progress, device, rank, world_size, stop) -> dict:
+def _setup(cfg, resume, device, rank, world_size) -> tuple[dict, dict]:
+    """Data, model, optimiser and the state to start from (restored from ``resume``): ``(parts, state)``.
+    Everything that can refuse a run happens here, before any file of the run is written."""
     seed_everything(cfg.train.seed + rank)
     root, classes = prepare_data(cfg)
+    ckpt = _resume_checkpoint(resume, cfg, classes) if resume else None
     train_loader, val_loader = build_loaders(cfg, root, classes, rank, world_size, device)
     model = build_model(cfg.model, len(classes)).to(device)
     if cfg.train.channels_last:
@@ -177,23 +202,40 @@ def _run(cfg, resume, progress, device, rank, world_size, stop) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, cfg.train))
     amp_dtype = autocast_dtype(cfg.train.amp, device)
     precision = log_precision(cfg.train.amp, device, amp_dtype)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    ema = ModelEMA(model, cfg.train.ema_decay, cfg.train.ema_ramp_steps) if cfg.train.ema else None
+    parts = dict(model=model, optimizer=optimizer, cfg=cfg, classes=classes, steps_per_epoch=steps_per_epoch,
+                 scheduler=scheduler, scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
+                 ema=ModelEMA(model, cfg.train.ema_decay, cfg.train.ema_ramp_steps) if cfg.train.ema else None,
+                 train_loader=train_loader, val_loader=val_loader, amp_dtype=amp_dtype)
     state = {"epoch": 0, "step_in_epoch": 0, "best": -1.0, "metrics": None, "history": [], "train_s": 0.0,
              "precision": precision}
-    if resume:
-        state = _restore(load_checkpoint(resume), model, optimizer, scheduler, scaler, ema)
+    if ckpt is not None:
+        state = _restore(ckpt, resume, parts)
         if state["precision"] != precision:
             logger.warning("%s was trained in %s so far and continues in %s", resume, state["precision"], precision)
             state["precision"] = f"{state['precision']}+{precision}"
         logger.info("resumed %s at epoch %d step %d", resume, state["epoch"], state["step_in_epoch"])
-    parts = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema, cfg=cfg,
-                 classes=classes, steps_per_epoch=steps_per_epoch)
-    writer = _open_writer(cfg) if rank == 0 else None
+    return parts, state
+
+
+def _resume_checkpoint(resume, cfg, classes) -> dict:
+    """The checkpoint to resume, refused when ``cfg`` changes its training (see ``yolo.config.check_resume``)
+    or the dataset's classes are not the ones it was trained on."""
+    ckpt = load_checkpoint(resume)
+    check_resume(from_dict(ckpt["config"]), cfg, f"--resume {resume}")
+    if tuple(ckpt["classes"]) != tuple(classes):
+        raise CheckpointError(f"--resume {resume}: trained on classes {list(ckpt['classes'])[:4]}..., the dataset "
+                              f"at {cfg.data.root} has {list(classes)[:4]}...")
+    return ckpt
+
+
+def _train(parts, state, device, world_size, stop, progress) -> dict:
+    cfg = parts["cfg"]
+    main = distributed.is_main()
+    writer = _open_writer(cfg) if main else None
     try:
-        state = _epochs(_wrap(model, cfg, device, world_size), train_loader, val_loader, parts, state, device,
-                        amp_dtype, writer, stop, progress)
-        if rank == 0 and not stop.requested and state["metrics"] is not None:
+        state = _epochs(_wrap(parts["model"], cfg, device, world_size), parts, state, device, writer, stop,
+                        progress)
+        if main and not stop.requested and state["metrics"] is not None:
             _write_results(cfg.run_dir, cfg, state, writer)
     finally:
         if writer is not None:
@@ -215,8 +257,8 @@ def _open_writer(cfg):
     return SummaryWriter(log_dir=str(cfg.logdir or cfg.run_dir))
 
 
-def _epochs(train_model, train_loader, val_loader, parts, state, device, amp_dtype, writer, stop, progress):
-    cfg = parts["cfg"]
+def _epochs(train_model, parts, state, device, writer, stop, progress):
+    cfg, train_loader, amp_dtype = parts["cfg"], parts["train_loader"], parts["amp_dtype"]
     for epoch in range(state["epoch"], cfg.train.epochs):
         start_step = state["step_in_epoch"]
         train_loader.sampler.set_epoch(epoch)
@@ -237,7 +279,7 @@ def _epochs(train_model, train_loader, val_loader, parts, state, device, amp_dty
                      train_s=state["train_s"] + out["seconds"])
         if done and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs):
             global_step = (epoch + 1) * parts["steps_per_epoch"]
-            state["metrics"] = _evaluate(parts, val_loader, epoch, global_step, device, amp_dtype, writer)
+            state["metrics"] = _evaluate(parts, parts["val_loader"], epoch, global_step, device, amp_dtype, writer)
             state["history"].append({"epoch": epoch + 1, **{k: state["metrics"][k] for k in HISTORY_KEYS}})
             if state["metrics"]["voc07_map50"] is not None and state["metrics"]["voc07_map50"] > state["best"]:
                 state["best"] = state["metrics"]["voc07_map50"]
@@ -291,17 +333,26 @@ def _save(parts, state, name):
     atomic_save(ckpt, parts["cfg"].run_dir / name)
 
 
-def _restore(ckpt, model, optimizer, scheduler, scaler, ema) -> dict:
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    scaler.load_state_dict(ckpt["scaler"])
-    if ema is not None:
-        if ckpt["ema"] is None:
-            raise ValueError("the checkpoint has no EMA weights but train.ema is on; resume with --ema false")
-        ema.load_state_dict(ckpt["ema"])
-    set_rng_state(ckpt["rng"])
-    return {k: ckpt[k] for k in ("epoch", "step_in_epoch", "best", "metrics", "history", "train_s", "precision")}
+def _restore(ckpt, path, parts) -> dict:
+    """Load the weights, optimiser, schedule, scaler, EMA and RNG states of ``ckpt``; returns the loop state."""
+    try:
+        parts["model"].load_state_dict(ckpt["model"])
+        parts["optimizer"].load_state_dict(ckpt["optimizer"])
+        parts["scheduler"].load_state_dict(ckpt["scheduler"])
+        parts["scaler"].load_state_dict(ckpt["scaler"])
+        if parts["ema"] is not None:
+            parts["ema"].load_state_dict(ckpt["ema"])
+        set_rng_state(ckpt["rng"])
+        return {k: ckpt[k] for k in ("epoch", "step_in_epoch", "best", "metrics", "history", "train_s",
+                                     "precision")}
+    except (KeyError, TypeError, RuntimeError, ValueError) as exc:  # a file that passed the safe load, but not ours
+        raise CheckpointError(f"--resume {path}: cannot restore the run from it ({_reason(exc)})") from None
+
+
+def _reason(exc: Exception) -> str:
+    """The exception's type and first line (torch's load_state_dict errors run over many lines)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def _write_results(run_dir, cfg, state, writer):
@@ -324,8 +375,12 @@ def model_from_checkpoint(ckpt: dict, cfg, device, weights: str = "auto"):
     model = build_model(_no_download(cfg.model), len(ckpt["classes"]))
     use_ema = weights == "ema" or (weights == "auto" and ckpt.get("ema") is not None)
     if use_ema and ckpt.get("ema") is None:
-        raise ValueError("--weights ema: this checkpoint has no EMA weights")
-    model.load_state_dict(ckpt["ema"]["module"] if use_ema else ckpt["model"])
+        raise CheckpointError("--weights ema: this checkpoint has no EMA weights")
+    try:
+        model.load_state_dict(ckpt["ema"]["module"] if use_ema else ckpt["model"])
+    except (KeyError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"the checkpoint's weights do not fit the model of its config (did a model flag "
+                              f"change it?): {_reason(exc)}") from None
     model = model.to(device).eval()
     return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
 

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+from yolo.checkpoint import CheckpointError, safe_load
 from yolo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from yolo.losses import prior_bias
 
@@ -168,8 +169,12 @@ def imagenet_state_dict(url: str | None = None) -> dict:
 def _load_file(path: str) -> dict:
     if not Path(path).is_file():
         raise FileNotFoundError(f"--pretrained {path}: no such file (use 'imagenet', 'none' or a state-dict path)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state) if isinstance(state, dict) else state
+    state = safe_load(path, "ResNet-18 state dict")
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise CheckpointError(f"--pretrained {path}: expected a dict of tensors (a torchvision state dict), "
+                              f"got {type(state).__name__}")
+    return state
 
 
 def load_backbone(backbone: Backbone, state: dict):
@@ -182,5 +187,5 @@ def load_backbone(backbone: Backbone, state: dict):
             renamed[f"{names.get(head, head)}.{rest}"] = value
     missing, unexpected = backbone.load_state_dict(renamed, strict=False)
     if missing or unexpected:
-        raise ValueError(f"not a ResNet-18 state dict: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise CheckpointError(f"not a ResNet-18 state dict: missing {missing[:5]}, unexpected {unexpected[:5]}")
     logger.info("loaded %d backbone tensors", len(renamed))

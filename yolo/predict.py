@@ -44,14 +44,14 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    device = local_device(args.device)
     try:
         ckpt = load_checkpoint(args.checkpoint)
-    except (FileNotFoundError, ValueError) as exc:
+        cfg = from_dict(ckpt["config"])
+        model = model_from_checkpoint(ckpt, cfg, device)
+    except (FileNotFoundError, ValueError) as exc:  # CheckpointError and ConfigError are ValueErrors
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    cfg = from_dict(ckpt["config"])
-    device = local_device(args.device)
-    model = model_from_checkpoint(ckpt, cfg, device)
     transform = eval_transform(cfg.data.img_size, cfg.data.eval_resize)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -14,10 +14,10 @@ logger = logging.getLogger(__name__)
 def run_data(args) -> list[dict]:
     from yolo.data.loader import measure_loader_throughput, measure_sample_costs
     from yolo.data.transforms import train_transform
-    from yolo.data.voc import VOCDataset, find_devkit, load_records, read_classes
+    from yolo.data.voc import VOCDataset, load_records, read_classes
 
-    root = find_devkit(args.data_root)
-    dataset = VOCDataset(load_records(root, args.data, read_classes(root)), train_transform(args.size))
+    dataset = VOCDataset(load_records(args.data_root, args.data, read_classes(args.data_root)),
+                         train_transform(args.size))
     costs = measure_sample_costs(dataset)
     print(f"data  {args.data} ({len(dataset)} images) size {args.size}, CPU per image in-process: decode "
           f"{costs['decode_ms']:.2f} ms, augmentation {costs['augment_ms']:.2f} ms, whole sample "

@@ -2,13 +2,15 @@
 
     python -m yolo.data.check ../shared/voc-sample                    # every annotation of the devkit
     python -m yolo.data.check data --split 2007:trainval+2012:trainval --json audit.json
+    python -m yolo.data.check ../shared/voc-sample/VOCdevkit/VOC2012     # one VOC<name> folder
     python -m yolo.data.check data/shapes --split shapes:train        # statistics of the synthetic set
 
 Reports images, objects, per-class counts, difficult/truncated counts, object sizes, and the problems:
 malformed XML, listed id without XML, missing image, unreadable/corrupted/truncated image, XML size
 disagreeing with the image, unknown class name, malformed object, degenerate or out-of-image box.
 The per-file checks are those of training/evaluation (``yolo.data.voc.parse_annotation`` and
-``decode_image``), which skip or clip instead. Exit status: 0 clean, 1 problems found, 2 bad arguments.
+``decode_image``), which skip or clip instead. Exit status: 0 clean, 1 problems found, 2 bad arguments or a
+root / split that gives no image (an empty folder is never "clean").
 Dataset files are only read.
 """
 import argparse
@@ -16,10 +18,11 @@ import json
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
-from yolo.data.voc import (ACTION_SKIP_IMAGE, ImageDecodeError, Problem, decode_image, find_devkit,
+from yolo.data.voc import (ACTION_SKIP_IMAGE, ImageDecodeError, Problem, decode_image, find_devkit, is_year_folder,
                            list_annotations, parse_annotations, read_classes)
 
 SIZE_BINS_PX = (0, 8, 16, 32, 64, 128, 256, 512, float("inf"))    # sqrt(box area), pixels
@@ -32,16 +35,18 @@ def audit(root, spec: str | None = None, classes=None, decode: bool = True) -> d
     ``decode`` also decodes every image (corrupted/truncated files, decoded size vs XML).
     Returns a JSON-serialisable report; ``report["problems"]`` lists dicts with ``file``, ``kind``,
     ``detail`` and ``action`` (what training/evaluation do about it), ``report["clean"]`` is True without any.
-    Raises FileNotFoundError/ValueError for a missing root, split file or bad spec.
+    Raises DatasetError for a root or spec that gives no annotation (a missing or empty root, split file or
+    ``VOC<name>`` folder) and ValueError for a bad spec.
     """
-    devkit = find_devkit(root)
-    classes = read_classes(devkit) if classes is None else tuple(classes)
-    jobs = list_annotations(devkit, spec)
+    classes = read_classes(root) if classes is None else tuple(classes)
+    jobs = list_annotations(root, spec)
     records, problems = parse_annotations(jobs, classes, check_image_size=True)
     if decode:
         records, decode_problems = _decode_all(records)
         problems += decode_problems
-    report = {"root": str(devkit), "spec": spec, "annotations": len(jobs), "images": len(records)}
+    shown = Path(root) if is_year_folder(root) else find_devkit(root)
+    report = {"root": str(shown), "folders": sorted({str(folder.name) for folder, _ in jobs}), "spec": spec,
+              "annotations": len(jobs), "images": len(records)}
     report.update(statistics(records, classes))
     report["problems"] = [{"file": str(p.path), "kind": p.kind, "detail": p.detail, "action": p.action}
                           for p in problems]
@@ -108,7 +113,8 @@ def _histogram(values, edges) -> dict:
 
 def format_report(report: dict) -> str:
     """Human-readable text of an audit report."""
-    lines = [f"{report['root']} {report['spec'] or '(all annotations)'}: {report['images']} usable images of "
+    lines = [f"{report['root']} {report['spec'] or '(all annotations of ' + ', '.join(report['folders']) + ')'}: "
+             f"{report['images']} usable images of "
              f"{report['annotations']} annotations, {report['objects']} objects "
              f"({report['difficult']} difficult, {report['truncated']} truncated)",
              f"objects per image: {report['objects_per_image']}",
@@ -132,7 +138,7 @@ def format_report(report: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Audit a VOC-format dataset: statistics and every problem.")
-    parser.add_argument("root", help="folder holding VOCdevkit (or VOCdevkit itself)")
+    parser.add_argument("root", help="folder holding VOCdevkit, VOCdevkit itself, or one VOC<name> folder")
     parser.add_argument("--split", help="data spec, e.g. 2007:trainval+2012:trainval (default: all)")
     parser.add_argument("--json", help="also write the report to this JSON file")
     parser.add_argument("--no-decode", action="store_true", help="skip decoding the images (faster)")

@@ -7,8 +7,9 @@ Layout read (the official devkit)::
                             /ImageSets/Main/<split>.txt      (one image id per line)
     ROOT/VOCdevkit/classes.txt                               (optional: one class name per line)
 
-``ROOT`` may be the folder holding ``VOCdevkit`` or ``VOCdevkit`` itself. A data spec such as
-``2007:trainval+2012:trainval`` selects and concatenates ``<name>:<split>`` parts.
+``ROOT`` may be the folder holding ``VOCdevkit``, ``VOCdevkit`` itself, or one ``VOC<name>`` folder given directly
+(then a data spec may name only that ``<name>``). A data spec such as ``2007:trainval+2012:trainval`` selects and
+concatenates ``<name>:<split>`` parts. A root or spec that gives no image is a ``DatasetError``.
 
 Coordinates: ``VOCRecord.boxes_voc`` keeps the XML's 1-based inclusive values; the one conversion to the
 model's float pixel-edge ``boxes_xyxy`` is ``yolo.boxes.voc_to_xyxy`` (see ``VOCRecord.boxes_xyxy``).
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 
 from yolo.boxes import voc_to_xyxy
+from yolo.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -105,10 +107,52 @@ def parse_spec(spec: str) -> list[tuple[str, str]]:
     return parts
 
 
+class DatasetError(ConfigError):
+    """A dataset root or data spec that gives no images: the message says what was expected and what was found."""
+
+
+EXPECTED_LAYOUT = ("expected the folder holding VOCdevkit, VOCdevkit itself, or one VOC<name> folder, laid out as "
+                   "VOC<name>/Annotations/<id>.xml, JPEGImages/<id>.jpg, ImageSets/Main/<split>.txt")
+
+
+def is_year_folder(path) -> bool:
+    """Whether ``path`` is one ``VOC<name>`` folder of a devkit (it holds Annotations, JPEGImages or ImageSets)."""
+    path = Path(path)
+    return (path.name.startswith("VOC") and path.name != "VOCdevkit" and path.is_dir()
+            and any((path / sub).is_dir() for sub in ("Annotations", "JPEGImages", "ImageSets")))
+
+
 def find_devkit(root) -> Path:
-    """The devkit folder of ``root``: ``root/VOCdevkit`` when it exists, else ``root`` itself."""
+    """The devkit folder of ``root``: ``root/VOCdevkit`` when it exists, the devkit holding ``root`` when it is one
+    ``VOC<name>`` folder, else ``root`` itself."""
     root = Path(root)
-    return root / "VOCdevkit" if (root / "VOCdevkit").is_dir() else root
+    if (root / "VOCdevkit").is_dir():
+        return root / "VOCdevkit"
+    return root.parent if is_year_folder(root) else root
+
+
+def year_folders(root) -> dict[str, Path]:
+    """``{name: VOC<name> folder}`` that a dataset root gives: every one of its devkit, or only the folder itself
+    when ``root`` is a ``VOC<name>`` folder. Raises DatasetError (what was expected, what was found) for none."""
+    root = Path(root)
+    if is_year_folder(root):
+        return {root.name[3:]: root}
+    folders = {p.name[3:]: p for p in sorted(find_devkit(root).glob("VOC*")) if is_year_folder(p)}
+    if not folders:
+        raise DatasetError(f"no dataset at {root}: {EXPECTED_LAYOUT}; found {describe_folder(root)}")
+    return folders
+
+
+def describe_folder(path, limit: int = 6) -> str:
+    """What a folder holds, for error messages: 'no such folder', 'an empty folder' or its first entries."""
+    path = Path(path)
+    if not path.is_dir():
+        return "no such folder" if not path.exists() else "a file, not a folder"
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+    if not entries:
+        return "an empty folder"
+    more = f" and {len(entries) - limit} more" if len(entries) > limit else ""
+    return f"{len(entries)} entries: {', '.join(entries[:limit])}{more}"
 
 
 def read_classes(root) -> tuple[str, ...]:
@@ -127,18 +171,19 @@ def read_classes(root) -> tuple[str, ...]:
 
 
 def read_split_ids(root, name: str, split: str) -> list[str]:
-    """Image ids listed in ``VOC<name>/ImageSets/Main/<split>.txt``; clear errors when missing."""
-    devkit = find_devkit(root)
-    year_dir = devkit / f"VOC{name}"
-    if not year_dir.is_dir():
-        found = sorted(p.name for p in devkit.glob("VOC*") if p.is_dir()) if devkit.is_dir() else []
-        raise FileNotFoundError(
-            f"no folder {year_dir} for data spec part '{name}:{split}' "
-            f"(expected the devkit layout ROOT/VOCdevkit/VOC<name>/...; found: {found or 'nothing'})")
-    split_file = year_dir / "ImageSets" / "Main" / f"{split}.txt"
+    """Image ids listed in ``VOC<name>/ImageSets/Main/<split>.txt``; DatasetError naming what exists otherwise."""
+    folders = year_folders(root)
+    if name not in folders:
+        if is_year_folder(root):
+            raise DatasetError(
+                f"data spec part '{name}:{split}' needs VOC{name}, but the root {root} is the single folder "
+                f"{Path(root).name}: use '{Path(root).name[3:]}:<split>' parts, or give the folder holding both")
+        raise DatasetError(f"no folder VOC{name} in {find_devkit(root)} for data spec part '{name}:{split}' "
+                           f"(found: {sorted(p.name for p in folders.values())})")
+    split_file = folders[name] / "ImageSets" / "Main" / f"{split}.txt"
     if not split_file.is_file():
         available = sorted(p.stem for p in split_file.parent.glob("*.txt") if "_" not in p.stem)
-        raise FileNotFoundError(f"no split file {split_file} (available splits: {available or 'none'})")
+        raise DatasetError(f"no split file {split_file} (available splits: {available or 'none'})")
     return [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
 
 
@@ -305,20 +350,24 @@ def summarize_problems(problems, limit: int = 5) -> str:
 
 
 def load_records(root, spec: str, classes=None, check_image_size: bool = True) -> list[VOCRecord]:
-    """Parses every annotation listed by ``spec`` under the devkit ``root`` into VOCRecords.
+    """Parses every annotation listed by ``spec`` under the dataset ``root`` into VOCRecords.
 
     Applies :func:`parse_annotation`'s checks; skipped images, dropped objects and clipped boxes are
     reported in ONE summary ``logger.warning``. ``classes`` defaults to :func:`read_classes` of the root.
-    Raises FileNotFoundError when the root, a ``VOC<name>`` folder or a split file is missing.
+    Raises DatasetError when the root, a ``VOC<name>`` folder or a split file is missing, when the spec lists
+    no images, or when none of them is usable.
     """
     devkit = find_devkit(root)
     classes = read_classes(devkit) if classes is None else tuple(classes)
-    jobs = list_annotations(devkit, spec)
+    jobs = list_annotations(root, spec)
     records, problems = parse_annotations(jobs, classes, check_image_size)
     if problems:
         skipped = sum(p.action == ACTION_SKIP_IMAGE for p in problems)
         logger.warning("%s: loaded %d of %d images of %s; %d problems (%d images skipped):\n%s", devkit,
                        len(records), len(jobs), spec, len(problems), skipped, summarize_problems(problems))
+    if not records:
+        raise DatasetError(f"none of the {len(jobs)} images of {spec} under {root} is usable ({len(problems)} "
+                           f"problems: python -m yolo.data.check {root} --split {spec} lists them)")
     logger.info("%s %s: %d images, %d objects", devkit, spec, len(records),
                 sum(len(r.labels) for r in records))
     return records
@@ -326,15 +375,25 @@ def load_records(root, spec: str, classes=None, check_image_size: bool = True) -
 
 def list_annotations(root, spec: str | None = None) -> list[tuple[Path, str]]:
     """``(VOC<name> folder, image id)`` pairs: those listed by ``spec``, or with no spec every
-    ``VOC*/Annotations/*.xml`` of the devkit (sorted)."""
-    devkit = find_devkit(root)
-    if not devkit.is_dir():
-        raise FileNotFoundError(f"dataset root {root} does not exist (expected ROOT/VOCdevkit/VOC<name>/...)")
+    ``Annotations/*.xml`` of the root's ``VOC<name>`` folders (sorted). Never empty: a root or spec that gives no
+    image is a DatasetError naming what was expected and what was found."""
+    if not Path(root).is_dir():
+        raise DatasetError(f"dataset root {root} does not exist ({EXPECTED_LAYOUT})")
+    folders = year_folders(root)
     if spec is None:
-        return [(xml.parent.parent, xml.stem) for xml in sorted(devkit.glob("VOC*/Annotations/*.xml"))]
+        jobs = [(xml.parent.parent, xml.stem) for folder in folders.values()
+                for xml in sorted(folder.glob("Annotations/*.xml"))]
+        if not jobs:
+            raise DatasetError(f"no annotations in {root}: expected VOC<name>/Annotations/<id>.xml in "
+                               f"{', '.join(p.name for p in folders.values())}; found none")
+        return jobs
     jobs = []
     for name, split in parse_spec(spec):
-        jobs += [(devkit / f"VOC{name}", image_id) for image_id in read_split_ids(devkit, name, split)]
+        ids = read_split_ids(root, name, split)
+        if not ids:
+            raise DatasetError(f"data spec part '{name}:{split}' lists no images: "
+                               f"{folders[name] / 'ImageSets' / 'Main' / f'{split}.txt'} is empty")
+        jobs += [(folders[name], image_id) for image_id in ids]
     return jobs
 
 
