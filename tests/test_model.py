@@ -6,7 +6,8 @@ import threading
 import pytest
 import torch
 
-from yolo.config import LossConfig, ModelConfig
+from conftest import tiny_args
+from yolo.config import ConfigError, LossConfig, ModelConfig
 from yolo.decode import decode
 from yolo.losses import CLS_LOSSES, SIGMOID_CLS_LOSSES, detection_loss, prior_bias
 from yolo.model import YOLO, build_model, imagenet_state_dict, load_backbone
@@ -204,14 +205,20 @@ def test_imagenet_weights_download_into_the_hub_cache(tmp_path, monkeypatch):
     assert (tmp_path / "torch-home" / "hub" / "checkpoints" / "resnet18.pth").is_file()
 
 
-def test_imagenet_weights_offline_fail_at_once_naming_the_alternatives(tmp_path, monkeypatch):
+def test_imagenet_weights_offline_fail_at_once_naming_the_alternatives(tiny_config, tmp_path, monkeypatch, capsys):
     import socket
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(RuntimeError, match="--pretrained none.*--pretrained PATH"):
+    with pytest.raises(ConfigError, match="--pretrained none.*--pretrained PATH"):
         imagenet_state_dict(f"http://127.0.0.1:{port}/resnet18-f37072fd.pth")
+    monkeypatch.setattr("yolo.model.IMAGENET_URL", f"http://127.0.0.1:{port}/resnet18-f37072fd.pth")
+    from train import main as train_main
+    assert train_main([*tiny_args(tiny_config), "--pretrained", "imagenet", "--no-progress"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: could not download") and "\n" not in error and "Traceback" not in error
+    assert not tiny_config.run_dir.exists()
 
 
 def test_pretrained_from_a_local_file_and_a_foreign_file(tmp_path):

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import torchvision
 
 from yolo.checkpoint import CheckpointError, safe_load
+from yolo.config import ConfigError
 from yolo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from yolo.losses import prior_bias
 
@@ -158,9 +159,9 @@ def imagenet_state_dict(url: str | None = None) -> dict:
         return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, check_hash=True)
     except OSError as exc:  # URLError, timeouts and refused connections are all OSErrors
         cache = Path(torch.hub.get_dir()) / "checkpoints"
-        raise RuntimeError(
-            f"could not download the ImageNet ResNet-18 weights from {url} ({exc}).\n"
-            f"Either train from scratch with --pretrained none, or download that file on a machine with internet "
+        raise ConfigError(  # the scripts print it as one error and exit 2, no traceback
+            f"could not download the ImageNet ResNet-18 weights from {url} ({exc}); "
+            f"either train from scratch with --pretrained none, or download that file on a machine with internet "
             f"and pass it with --pretrained PATH (or place it in {cache}).") from None
     finally:
         socket.setdefaulttimeout(previous)
