@@ -153,6 +153,16 @@ def test_bad_frequency_buckets_are_refused(tmp_path, buckets, message):
         load_ablation([_write(tmp_path / "a.yaml", content)])
 
 
+def test_code_revision_names_the_code_the_process_imported(monkeypatch):
+    from yolo.ablate import results
+    at_import = results.code_revision()
+
+    def checkout_moved_on(*args, **kwargs):
+        raise AssertionError("git must not be asked again after the import")
+    monkeypatch.setattr(results.subprocess, "run", checkout_moved_on)
+    assert results.code_revision() == at_import != ""
+
+
 def test_last_quarter_gain_reads_the_val_curve():
     history = [{"epoch": e, "voc07_map50": v} for e, v in ((3, 0.5), (6, 0.62), (9, 0.69), (12, 0.695))]
     assert last_quarter_gain(history, 12) == pytest.approx(0.005)      # 12 vs 9 (= 3/4 of 12)

@@ -6,6 +6,7 @@ precision, training time, the number of training images per class, the machine, 
 ``scores``: one entry per (checkpoint selection, scoring) with the selected checkpoint's epoch and its test
 metrics (every metric, per-class AP included). Checkpoints stay in the run folder and are not committed.
 """
+import functools
 import json
 import logging
 import os
@@ -58,8 +59,12 @@ def stale_results(results_dir: Path, runs: list[Run]) -> list[Path]:
     return sorted(p for p in (Path(results_dir) / "runs").glob("*.json") if p.name not in planned)
 
 
+@functools.cache
 def code_revision() -> str:
-    """``git describe`` of the code that trained a run (``-dirty`` with uncommitted changes), or ``unknown``."""
+    """``git describe`` of the code that trained a run (``-dirty`` with uncommitted changes), or ``unknown``.
+
+    Read once per process, when this module is imported (below): the checkout may move on while a long ablation
+    trains, and the revision must name the code the process runs, not the one on disk when a run ends."""
     repo = Path(__file__).resolve().parents[2]
     try:
         out = subprocess.run(["git", "-C", str(repo), "describe", "--always", "--dirty", "--abbrev=12"],
@@ -67,3 +72,6 @@ def code_revision() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+code_revision()  # at import: the code this process runs
