@@ -15,7 +15,7 @@ import yaml
 from yolo.ablate import execute, plan
 from yolo.ablate.buckets import assign_buckets, bucket_ap, bucket_of, describe_edges
 from yolo.ablate.cli import main, run_ablation
-from yolo.ablate.execute import RunInterrupted, run_one
+from yolo.ablate.execute import RunInterrupted, duration, run_one
 from yolo.ablate.plan import config_hash, plan_runs
 from yolo.ablate.report import format_markdown, write_report
 from yolo.ablate.spec import load_ablation
@@ -357,6 +357,7 @@ def test_report_on_known_numbers(tmp_path):
     rows = _known_rows()
     summary = summarize_tables(ablation, rows)
     setup = {"name": "a", "command": "python -m yolo.ablate --config a.yaml", "wall_s": 3725, "train_s": 7300,
+             "grid_wall_s": 4500,
              "num_runs": 6, "num_finished": 6, "seeds": 3, "missing": [], "stale": [], "machines": ["test machine"],
              "devices": ["cpu, bf16"], "revisions": ["abc123"], "selection": "`best_val`", "test": "shapes:test",
              "train": "shapes:train", "buckets": "rare: < 6, frequent: >= 6", "class_images": {},
@@ -372,6 +373,8 @@ def test_report_on_known_numbers(tmp_path):
     assert "| sigmoid focal | 0.7195 | 0.7110 ± 0.0410 |" in markdown
     assert f"| +0.0110 | [{0.011 - half:+.4f}, {0.011 + half:+.4f}] | {focal['p_holm']:.3f} | 3/3 |" in markdown
     assert "- sigmoid focal vs CE: better (Δ = +0.0110" in markdown
+    assert "took 2h 01m summed over the runs (as recorded when each ran), about 1h 15m of wall time" \
+        in markdown
     assert "0/3 seeds higher" in markdown and "Wilcoxon signed-rank test cannot go below p = 0.2500" in markdown
     assert "| CE | 0.5000 ± 0.0400 | (baseline) | 0.8000 ± 0.0400 | (baseline) |" in markdown   # the buckets
     assert "| CE | +0.0000, +0.0040, +0.0080 | +0.0080 | yes |" in markdown                  # convergence
@@ -436,6 +439,11 @@ def test_tiny_ablation_end_to_end_continues_on_a_fresh_clone(tmp_path, monkeypat
     assert main(["--config", str(path), "--output-dir", str(out), "--seeds", "3", "--jobs", "2"]) == 0
     grown = _read_csv(results / "ablation.csv")
     assert len(grown) == 9 and [r for r in grown if r["seed"] != "2"] == rows
+    # the report's wall time counts a run that shared the machine with another (--jobs 2) half
+    done = [json.loads(p.read_text()) for p in sorted((results / "runs").glob("*.json"))]
+    assert sorted(r["runs_at_once"] for r in done) == [1, 1, 1, 1, 2, 2]
+    grid_wall_s = sum(r["train_s"] / r["runs_at_once"] for r in done)
+    assert f"about {duration(grid_wall_s)} of wall time" in (results / "ablation.md").read_text()
 
 
 def test_report_only_trains_nothing_and_lists_the_missing_runs(tmp_path, monkeypatch):

@@ -33,26 +33,27 @@ LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 EXIT_INTERRUPTED = 3
 
 
-def run_one(run: Run, selection: str, progress: bool = True, stop=None) -> dict:
+def run_one(run: Run, selection: str, progress: bool = True, stop=None, runs_at_once: int = 1) -> dict:
     """Train (or resume) one run, score it, write ``run.result_path``; returns the result (see yolo.ablate.results).
 
     A committed result is reused as it is; one that lacks a scoring is completed from the run's checkpoint, or by
     training the run again where the checkpoint is not on this machine (a fresh clone). Raises ``RunInterrupted``.
-    ``stop``: the stop request ``fit`` honours (default: its own, SIGTERM / SIGINT).
+    ``stop``: the stop request ``fit`` honours (default: its own, SIGTERM / SIGINT). ``runs_at_once``: how many
+    runs share this machine meanwhile (``--jobs``), recorded so that the report can turn run times into wall time.
     """
     result = read_result(run)
     if result is not None and not missing_scores(result, run, selection):
         return result
     checkpoint = run.cfg.run_dir / ("best.pt" if selection == "best_val" else "last.pt")
     if result is None or not checkpoint.is_file():
-        result = {**_train(run, progress, stop), "scores": result["scores"] if result else {}}
+        result = {**_train(run, progress, stop, runs_at_once), "scores": result["scores"] if result else {}}
     for scoring in missing_scores(result, run, selection):
         result["scores"][score_key(selection, scoring)] = _score(run, checkpoint, scoring)
     write_result(run.result_path, result)
     return result
 
 
-def _train(run: Run, progress: bool, stop) -> dict:
+def _train(run: Run, progress: bool, stop, runs_at_once: int) -> dict:
     """Train to the last epoch (resuming ``last.pt``); returns the training part of the result.
 
     ``fit`` writes ``results.json`` only once the last epoch is trained and evaluated: it marks a finished run
@@ -70,7 +71,8 @@ def _train(run: Run, progress: bool, stop) -> dict:
     trained = json.loads(finished.read_text())
     return {"protocol": PROTOCOL_VERSION, "key": run.key, "config_hash": config_hash(cfg), "seed": run.seed,
             "variants": run.variants, "config": trained["config"], "history": trained["history"],
-            "precision": trained["precision"], "train_s": trained["train_s"], "class_images": class_images(cfg),
+            "precision": trained["precision"], "train_s": trained["train_s"], "runs_at_once": runs_at_once,
+            "class_images": class_images(cfg),
             "machine": describe_machine(), "device": describe_device(local_device(cfg.train.device)),
             "code_revision": code_revision(),
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
@@ -208,7 +210,7 @@ def _run_parallel(todo, selection, results, jobs, devices) -> dict:
                 slot, run = free.pop(0), queue.pop(0)
                 run = on_device(run, devices[slot % len(devices)] if devices else None)
                 logger.info(clock.start(run))
-                process = context.Process(target=_child, args=(run, selection, threads), name=run.name)
+                process = context.Process(target=_child, args=(run, selection, threads, jobs), name=run.name)
                 process.start()
                 alive[process.sentinel] = (process, run, slot)
             for sentinel in multiprocessing.connection.wait(list(alive)):
@@ -234,12 +236,12 @@ def _collect(exitcode: int, run: Run, selection: str, results: dict, failures: d
         results[run.key] = result
 
 
-def _child(run: Run, selection: str, threads: int):
+def _child(run: Run, selection: str, threads: int, jobs: int):
     """A --jobs process: one run; exit status 0 (done, result written), 1 (failed) or EXIT_INTERRUPTED."""
     logging.basicConfig(level=logging.INFO, format=f"[{run.name}] {LOG_FORMAT}")
     torch.set_num_threads(threads)
     try:
-        run_one(run, selection, progress=False)
+        run_one(run, selection, progress=False, runs_at_once=jobs)
     except RunInterrupted as exc:
         logger.warning("%s", exc)
         sys.exit(EXIT_INTERRUPTED)

@@ -49,17 +49,19 @@ class AblationRun(submitit.helpers.Checkpointable):
     """One run of the grid as a submitit job: ``run_one`` (train or resume, score, write the result file), requeued
     on preemption or at the time limit, when it resumes its ``last.pt``."""
 
-    def __init__(self, run: Run, selection: str, threads: int | None = None):
-        self.run, self.selection, self.threads = run, selection, threads
+    def __init__(self, run: Run, selection: str, threads: int | None = None, runs_at_once: int = 1):
+        self.run, self.selection, self.threads, self.runs_at_once = run, selection, threads, runs_at_once
 
     def __call__(self) -> dict:
         logging.basicConfig(level=logging.INFO, format=f"[{self.run.name}] {LOG_FORMAT}")
         if self.threads:
             torch.set_num_threads(self.threads)   # the local executor's jobs share this machine's cores
-        return run_preemptible(lambda stop: run_one(self.run, self.selection, progress=False, stop=stop))
+        return run_preemptible(lambda stop: run_one(self.run, self.selection, progress=False, stop=stop,
+                                                    runs_at_once=self.runs_at_once))
 
     def checkpoint(self, *args, **kwargs):
-        return submitit.helpers.DelayedSubmission(AblationRun(self.run, self.selection, self.threads))
+        return submitit.helpers.DelayedSubmission(AblationRun(self.run, self.selection, self.threads,
+                                                              self.runs_at_once))
 
 
 def launch(name: str, runs: list[Run], selection: str, output_dir, options: LaunchOptions):
@@ -96,7 +98,7 @@ def _local(runs, selection, job_dir, options):
                 executor.update_parameters(gpus_per_node=0 if gpu is None else 1,
                                            visible_gpus=() if gpu is None else (gpu,))
                 logger.info(clock.start(run))
-                alive[slot] = (executor.submit(AblationRun(run, selection, threads)), run)
+                alive[slot] = (executor.submit(AblationRun(run, selection, threads, options.jobs)), run)
             time.sleep(POLL_S["local"])
             for slot, (job, run) in list(alive.items()):
                 if job.done():

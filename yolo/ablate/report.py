@@ -32,6 +32,8 @@ def describe_setup(ablation: Ablation, runs: list, results: dict, failures: dict
     return {
         "name": ablation.name, "command": command, "wall_s": wall_s, "seeds": ablation.seeds,
         "train_s": sum(result["train_s"] for result in done), "num_runs": len(runs), "num_finished": len(done),
+        # runs that trained N at a time (--jobs N) shared the machine: each counts 1/N of its time as wall time
+        "grid_wall_s": sum(result["train_s"] / result.get("runs_at_once", 1) for result in done),
         "missing": missing, "stale": [str(p) for p in stale],
         "machines": sorted({result["machine"] for result in done}),
         "devices": sorted({f"{result['device']}, {result['precision']}" for result in done}),
@@ -60,8 +62,9 @@ def _header(setup: dict) -> list[str]:
     n = setup["seeds"]
     lines = [f"- Command: `{setup['command']}`",
              f"- Runs: {setup['num_finished']} of {setup['num_runs']} with a result; their training took "
-             f"{duration(setup['train_s'])} in all (as recorded when each ran); this invocation took "
-             f"{duration(setup['wall_s'])}",
+             f"{duration(setup['train_s'])} summed over the runs (as recorded when each ran), about "
+             f"{duration(setup['grid_wall_s'])} of wall time (a run trained N at a time counts 1/N); this "
+             f"invocation took {duration(setup['wall_s'])}",
              f"- Machine: {'; '.join(setup['machines']) or '—'}; device and precision: "
              f"{'; '.join(setup['devices']) or '—'}; code: {', '.join(setup['revisions']) or '—'}",
              f"- Data: trained on {setup['train']}; checkpoint {setup['selection']}, fixed before any test score; "

@@ -2,7 +2,8 @@
 stopped, on any clone, and an interruption loses at most the run in progress.
 
 ``RESULTS/runs/<config hash>-seed<k>.json`` holds the run's key, protocol version, config, per-epoch val curve,
-precision, training time, the number of training images per class, the machine, device and code revision, and
+precision, training time, how many runs trained at once on the machine (``--jobs``), the number of training images
+per class, the machine, device and code revision, and
 ``scores``: one entry per (checkpoint selection, scoring) with the selected checkpoint's epoch and its test
 metrics (every metric, per-class AP included). Checkpoints stay in the run folder and are not committed.
 """
