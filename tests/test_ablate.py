@@ -7,6 +7,7 @@ import math
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ import yaml
 from yolo.ablate import execute, plan
 from yolo.ablate.buckets import assign_buckets, bucket_ap, bucket_of, describe_edges
 from yolo.ablate.cli import main, run_ablation
-from yolo.ablate.execute import RunInterrupted, duration, run_one
+from yolo.ablate.execute import Progress, RunInterrupted, duration, run_one
 from yolo.ablate.plan import config_hash, plan_runs
 from yolo.ablate.report import format_markdown, write_report
 from yolo.ablate.spec import load_ablation
@@ -170,6 +171,22 @@ def test_last_quarter_gain_reads_the_val_curve():
     assert last_quarter_gain(every_2, 20) == pytest.approx(0.678 - 0.673)   # 3/4 of 20 = 15: halfway 14 to 16
     assert last_quarter_gain(history, 14) is None                      # no evaluation at the last epoch
     assert last_quarter_gain(history[-1:], 12) is None
+
+
+def test_progress_eta_counts_the_runs_in_flight_with_jobs_2():
+    """Four 60-minute runs two at a time: 2 h in all, so 1 h is left when the first two finish."""
+    now = [0.0]
+    clock = Progress(4, "best_val", jobs=2, clock=lambda: now[0])
+    run = lambda i: SimpleNamespace(key=f"k{i}", variants=[f"v{i}"], seed=0,
+                                    cfg=SimpleNamespace(train=SimpleNamespace(device="auto")))
+    assert clock.start(run(0)).endswith("ETA ?)") and clock.start(run(1)).startswith("[run 2/4] v1 seed 0")
+    now[0] = 3600.0
+    assert clock.finish(run(0), None) == "[done 1/4] v0 seed 0: failed"
+    assert clock.start(run(2)) == "[run 3/4] v2 seed 0 (elapsed 1h 00m, ETA 1h 00m)"   # (3 x 60 - 60) / 2
+    clock.finish(run(1), None)
+    assert clock.start(run(3)).endswith("ETA 1h 00m)")                              # (2 x 60 - 0) / 2
+    now[0] = 5400.0
+    assert clock.eta(now[0]) == "30m 00s"                                           # (2 x 60 - 2 x 30) / 2
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -108,28 +108,34 @@ def class_images(cfg) -> dict:
 
 
 class Progress:
-    """``[run 3/12] sigmoid_focal seed 1 (elapsed 5m 02s, ETA 15m 10s)``: the ETA assumes the remaining runs take
-    as long as the finished ones did (with --jobs N, N at a time, which the elapsed time already reflects)."""
+    """``[run 3/12] sigmoid_focal seed 1 (elapsed 5m 02s, ETA 15m 10s)``: the ETA assumes each remaining run takes
+    as long as the finished ones did on average, ``jobs`` at a time, less what the runs in flight have done."""
 
-    def __init__(self, total: int, selection: str):
-        self.total, self.selection, self.started, self.finished = total, selection, 0, 0
-        self.tic = time.perf_counter()
+    def __init__(self, total: int, selection: str, jobs: int = 1, clock=time.perf_counter):
+        self.total, self.selection, self.jobs, self.clock = total, selection, jobs, clock
+        self.tic, self.running, self.durations = clock(), {}, []
 
     def start(self, run: Run) -> str:
-        self.started += 1
-        elapsed = time.perf_counter() - self.tic
-        eta = duration(elapsed / self.finished * (self.total - self.finished)) if self.finished else "?"
+        now = self.clock()
+        self.running[run.key] = now
         device = "" if run.cfg.train.device == "auto" else f" on {run.cfg.train.device}"
-        return (f"[run {self.started}/{self.total}] {' = '.join(run.variants)} seed {run.seed}{device} "
-                f"(elapsed {duration(elapsed)}, ETA {eta})")
+        return (f"[run {len(self.durations) + len(self.running)}/{self.total}] {' = '.join(run.variants)} "
+                f"seed {run.seed}{device} (elapsed {duration(now - self.tic)}, ETA {self.eta(now)})")
+
+    def eta(self, now: float) -> str:
+        if not self.durations:
+            return "?"
+        mean = sum(self.durations) / len(self.durations)
+        in_flight = sum(now - started for started in self.running.values())
+        return duration(max(0.0, mean * (self.total - len(self.durations)) - in_flight) / self.jobs)
 
     def finish(self, run: Run, result: dict | None) -> str:
-        self.finished += 1
+        self.durations.append(self.clock() - self.running.pop(run.key))
         score = None if result is None else result["scores"].get(score_key(self.selection, "default"))
         outcome = "failed" if result is None else (
             f"train {duration(result['train_s'])}" + ("" if score is None else
                                                        f", test mAP {score['test'][METRIC]:.4f}"))
-        return f"[done {self.finished}/{self.total}] {' = '.join(run.variants)} seed {run.seed}: {outcome}"
+        return f"[done {len(self.durations)}/{self.total}] {' = '.join(run.variants)} seed {run.seed}: {outcome}"
 
 
 def duration(seconds: float) -> str:
@@ -203,7 +209,7 @@ def _run_parallel(todo, selection, results, jobs, devices) -> dict:
     """``jobs`` spawned processes at a time, one per run (a fresh process: no state leaks between runs)."""
     context = multiprocessing.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // jobs)  # the CPU's cores shared, not oversubscribed
-    clock, failures, queue, free, alive = Progress(len(todo), selection), {}, list(todo), list(range(jobs)), {}
+    clock, failures, queue, free, alive = Progress(len(todo), selection, jobs), {}, list(todo), list(range(jobs)), {}
     try:
         while queue or alive:
             while queue and free:
