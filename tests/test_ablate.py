@@ -469,3 +469,29 @@ def test_report_only_trains_nothing_and_lists_the_missing_runs(tmp_path, monkeyp
     out = run_ablation(ablation, tmp_path / "out", report_only=True)
     markdown = out["paths"]["md"].read_text()
     assert out["rows"] == [] and "Runs without a result (4 of 4" in markdown and "ce seed 0 (not run)" in markdown
+
+
+def test_runs_pinned_to_bf16_are_refused_up_front_where_bf16_is_only_emulated(tmp_path, monkeypatch, capsys):
+    config = _tiny(tmp_path)
+    config["overrides"]["train"]["amp"] = "bf16"
+    argv = ["--config", str(_write(tmp_path / "a.yaml", config)), "--output-dir", str(tmp_path / "out"),
+            "--no-progress"]
+    calls = []
+    _fakes(monkeypatch, _fake_fit(calls))
+    monkeypatch.setattr(execute, "native_bf16", lambda device: False)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: 4 of the 4 runs to train (ce seed 0 first) pin "
+                                                   "train.amp: bf16, which cpu (") and "--allow-emulated-bf16" in err
+    assert calls == [] and not (tmp_path / "results").exists()
+    assert main(argv + ["--allow-emulated-bf16"]) == 0 and len(calls) == 4
+    assert main(argv) == 0 and len(calls) == 4       # nothing left to train: nothing to refuse
+
+    monkeypatch.setattr(execute, "native_bf16", lambda device: device.type == "cuda")
+    runs = plan_runs(load_ablation([_write(tmp_path / "b.yaml", config)]), tmp_path / "out2")
+    with pytest.raises(ConfigError, match="4 of the 4 runs"):
+        execute.check_precision(runs, ["cpu"])
+    fp32 = plan_runs(load_ablation([_write(tmp_path / "c.yaml", _tiny(tmp_path))]), tmp_path / "out3")
+    execute.check_precision(fp32, ["cpu"])           # amp none: nothing pinned to bf16, nothing refused
+    monkeypatch.setattr(execute, "native_bf16", lambda device: True)
+    execute.check_precision(runs, None)              # a device with native bf16 trains them

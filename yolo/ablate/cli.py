@@ -21,13 +21,14 @@ from yolo.config import ConfigError
 
 def run_ablation(ablation: Ablation, output_dir, *, results_dir=None, jobs: int = 1,
                  devices: list[str] | None = None, progress: bool = True, report_only: bool = False,
-                 command: str = "", launcher: str = "inprocess", cluster: dict | None = None) -> dict:
+                 command: str = "", launcher: str = "inprocess", launch_options: dict | None = None) -> dict:
     """Plan, run what has no result (nothing with ``report_only``) with ``launcher``, and write the report.
 
     Checkpoints go under ``output_dir``; result files and the report into ``results_dir`` (default: the
-    ablation's ``results`` folder, else ``output_dir``). ``cluster``: the other fields of ``LaunchOptions`` (job
-    folder, job spec, wait, retry_failed). Returns ``{"runs", "results", "failures", "running", "rows", "summary",
-    "paths"}`` (see ``plan_runs``, ``launch``, ``collect_rows``, ``summarize_tables``, ``write_report``).
+    ablation's ``results`` folder, else ``output_dir``). ``launch_options``: the other fields of ``LaunchOptions``
+    (job folder, job spec, wait, retry_failed, allow_emulated_bf16). Returns ``{"runs", "results", "failures",
+    "running", "rows", "summary", "paths"}`` (see ``plan_runs``, ``launch``, ``collect_rows``,
+    ``summarize_tables``, ``write_report``).
     """
     tic = time.perf_counter()
     results_dir = Path(results_dir or ablation.results_dir or output_dir)
@@ -35,7 +36,7 @@ def run_ablation(ablation: Ablation, output_dir, *, results_dir=None, jobs: int 
     if report_only:
         results, failures, running = cached_results(runs, ablation.selection), {}, {}
     else:
-        options = LaunchOptions(jobs=jobs, devices=devices, progress=progress, **(cluster or {}))
+        options = LaunchOptions(jobs=jobs, devices=devices, progress=progress, **(launch_options or {}))
         results, failures, running = launch(launcher, runs, ablation.selection, output_dir, options)
     rows = collect_rows(ablation, runs, results)
     summary = summarize_tables(ablation, rows)
@@ -84,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                                           "cuda:0,cuda:1 (default: each config's train.device)")
     parser.add_argument("--report-only", action="store_true", help="train nothing: report the finished runs")
     parser.add_argument("--no-progress", action="store_true", help="no per-epoch progress bars")
+    parser.add_argument("--allow-emulated-bf16", action="store_true",
+                        help="inprocess / local: train runs whose config pins train.amp: bf16 even on a device "
+                             "without native bf16 (refused by default: emulated bf16 is slow)")
     cluster = add_cluster_args(parser)
     cluster.add_argument("--gpus-per-run", type=int, default=1, help="slurm: GPUs of each run's job (default 1)")
     cluster.add_argument("--cpus-per-run", type=int, help="slurm: CPUs of each run's job")
@@ -108,7 +112,7 @@ def main(argv=None) -> int:
         out = run_ablation(ablation, output_dir, results_dir=args.results_dir, jobs=args.jobs,
                            devices=parse_devices(args.devices), progress=not args.no_progress,
                            report_only=args.report_only, command=command, launcher=args.launcher,
-                           cluster=cluster_options(args, ablation.name))
+                           launch_options=launch_options(args, ablation.name))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -128,9 +132,10 @@ def main(argv=None) -> int:
     return 1 if out["failures"] else 0
 
 
-def cluster_options(args, name: str) -> dict:
-    """The ``LaunchOptions`` fields of --launcher local / slurm from the command line."""
+def launch_options(args, name: str) -> dict:
+    """The ``LaunchOptions`` fields of --launcher local / slurm and --allow-emulated-bf16 from the command line."""
     spec = JobSpec(timeout_min=args.timeout_min, gpus_per_node=args.gpus_per_run, cpus_per_task=args.cpus_per_run,
                    partition=args.slurm_partition, array_parallelism=args.array_parallelism,
                    slurm_params=parse_slurm_params(args.slurm_param), name=f"ablate-{name}")
-    return {"job_dir": args.job_dir, "spec": spec, "wait": args.wait, "retry_failed": args.retry_failed}
+    return {"job_dir": args.job_dir, "spec": spec, "wait": args.wait, "retry_failed": args.retry_failed,
+            "allow_emulated_bf16": args.allow_emulated_bf16}

@@ -21,11 +21,12 @@ import torch
 from yolo.ablate.plan import PROTOCOL_VERSION, Run, config_hash
 from yolo.ablate.results import code_revision, missing_scores, read_result, score_key, write_result
 from yolo.ablate.spec import METRIC, scored_with
+from yolo.config import ConfigError
 from yolo.checkpoint import load_checkpoint
 from yolo.cluster import RunInterrupted
 from yolo.distributed import local_device
 from yolo.fit import evaluate_checkpoint, fit, prepare_data
-from yolo.hardware import describe_device, describe_machine
+from yolo.hardware import describe_device, describe_machine, native_bf16
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +179,34 @@ def prepare_runs(runs: list[Run], selection: str) -> tuple[dict, list[Run]]:
     for cfg in {json.dumps(dataclasses.asdict(r.cfg.data), sort_keys=True): r.cfg for r in todo}.values():
         prepare_data(cfg)
     return results, todo
+
+
+def check_precision(todo: list[Run], devices: list[str] | None, allow_emulated_bf16: bool = False):
+    """Refuse, before anything trains, runs that pin ``train.amp: bf16`` on a device that only emulates bf16.
+
+    A run's config pins its precision because the precision is part of what it learns (its config hash): such a
+    run cannot fall back to fp32 as ``amp: auto`` would. Emulated bf16 measured 4x slower than fp32 on a CPU with
+    AVX-512, and on one with only AVX2 a bf16 matmul ran at under 1 GFLOP/s against 179 in fp32
+    (docs/performance.md): a grid of hours could take days, so one line now instead. ``devices``: the --devices
+    slots (default: each run's ``train.device``).
+    """
+    if allow_emulated_bf16:
+        return
+    for run in todo:
+        if run.cfg.train.amp != "bf16":
+            continue
+        for name in devices or [run.cfg.train.device]:
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else \
+                torch.device(name)
+            if device.type == "cuda" and not torch.cuda.is_available():
+                continue    # the run's own error says so, not this one
+            if not native_bf16(device):
+                pinned = sum(r.cfg.train.amp == "bf16" for r in todo)
+                raise ConfigError(
+                    f"{pinned} of the {len(todo)} runs to train ({' = '.join(run.variants)} seed {run.seed} first) "
+                    f"pin train.amp: bf16, which {describe_device(device)} only emulates, slowly "
+                    f"(docs/performance.md): train them on a CPU with avx512_bf16 / amx_bf16 or a CUDA GPU, or "
+                    f"pass --allow-emulated-bf16 to train them here anyway")
 
 
 def on_device(run: Run, device: str | None) -> Run:

@@ -19,7 +19,8 @@ from pathlib import Path
 import submitit
 import torch
 
-from yolo.ablate.execute import LOG_FORMAT, Progress, execute, on_device, prepare_runs, run_one
+from yolo.ablate.execute import (LOG_FORMAT, Progress, cached_results, check_precision, execute, on_device,
+                                 prepare_runs, run_one)
 from yolo.ablate.plan import Run
 from yolo.ablate.results import missing_scores, read_result
 from yolo.cluster import JobSpec, job_failure, job_log, make_executor, run_preemptible
@@ -43,6 +44,7 @@ class LaunchOptions:
     spec: JobSpec = dataclasses.field(default_factory=JobSpec)
     wait: bool = False                    # slurm: follow the jobs until they end
     retry_failed: bool = False            # slurm: submit the runs whose job failed again
+    allow_emulated_bf16: bool = False     # inprocess / local: train runs pinned to bf16 on a device without it
 
 
 class AblationRun(submitit.helpers.Checkpointable):
@@ -70,6 +72,9 @@ def launch(name: str, runs: list[Run], selection: str, output_dir, options: Laun
         raise ConfigError(f"unknown launcher {name!r}; choices: {', '.join(LAUNCHERS)}")
     if options.wait and name != "slurm":
         raise ConfigError(f"--wait is for --launcher slurm (--launcher {name} always waits for its runs)")
+    if name != "slurm":     # a SLURM job's node is not this machine: its own run logs the precision it got
+        done = cached_results(runs, selection)
+        check_precision([run for run in runs if run.key not in done], options.devices, options.allow_emulated_bf16)
     job_dir = Path(options.job_dir or Path(output_dir) / "jobs" / "%j")
     return LAUNCHERS[name](runs, selection, job_dir, options)
 
