@@ -186,9 +186,8 @@ def check_precision(todo: list[Run], devices: list[str] | None, allow_emulated_b
 
     A run's config pins its precision because the precision is part of what it learns (its config hash): such a
     run cannot fall back to fp32 as ``amp: auto`` would. Emulated bf16 measured 4x slower than fp32 on a CPU with
-    AVX-512, and on one with only AVX2 a bf16 matmul ran at under 1 GFLOP/s against 179 in fp32
-    (docs/performance.md): a grid of hours could take days, so one line now instead. ``devices``: the --devices
-    slots (default: each run's ``train.device``).
+    AVX-512 and 14x slower on one with only AVX2 (docs/performance.md): a grid of hours could take days, so one
+    line now instead. ``devices``: the --devices slots (default: each run's ``train.device``).
     """
     if allow_emulated_bf16:
         return

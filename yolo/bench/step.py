@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from yolo.bench.common import peak_memory_mb, sync, synthetic_batch, time_iterations
 from yolo.config import Config
-from yolo.hardware import autocast_dtype, precision_name
+from yolo.hardware import autocast_dtype, native_bf16, precision_name
 
 GEMM_SIZE = {"cpu": 2048, "cuda": 8192}
 
@@ -81,7 +81,9 @@ def run_step(args) -> list[dict]:
                          args.iters, args.warmup, args.cls_loss)
         dtype = autocast_dtype(amp, device)
         if row["precision"] not in limits:
-            limits[row["precision"]] = gemm_rate(device, dtype)
+            # emulated bf16 matmuls ran at ~0.3 GFLOP/s on an AVX2-only CPU: 12 of 2048^3 would take over an hour
+            emulated = dtype is torch.bfloat16 and not native_bf16(device)
+            limits[row["precision"]] = gemm_rate(device, dtype, 512 if emulated else None)
         row["gemm_gflops"] = limits[row["precision"]]
         print(f"step  {row['device']} batch {args.batch} size {args.size} amp={amp} ({row['precision']}) "
               f"channels_last={channels_last} compile={compile_model}: {row['images_per_s']:.1f} images/s, "
