@@ -4,8 +4,13 @@ shapes ablation end to end (sequential, cached re-run, then --jobs 2)."""
 import csv
 import json
 import math
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -461,6 +466,60 @@ def test_tiny_ablation_end_to_end_continues_on_a_fresh_clone(tmp_path, monkeypat
     assert sorted(r["runs_at_once"] for r in done) == [1, 1, 1, 1, 2, 2]
     grid_wall_s = sum(r["train_s"] / r["runs_at_once"] for r in done)
     assert f"about {duration(grid_wall_s)} of wall time" in (results / "ablation.md").read_text()
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux: from /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:     # ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads the process table from /proc (Linux)")
+def test_sigterm_to_the_runner_alone_stops_its_jobs_2_processes_each_saving_last_pt(tmp_path):
+    config = _tiny(tmp_path)
+    config["overrides"]["train"]["epochs"] = 10_000      # would train for hours: only the signal ends it
+    path = _write(tmp_path / "a.yaml", config)
+    out = tmp_path / "out"
+    with open(tmp_path / "runner.log", "w") as log:
+        runner = subprocess.Popen([sys.executable, "-m", "yolo.ablate", "--config", str(path), "--output-dir",
+                                   str(out), "--jobs", "2", "--no-progress"], cwd=REPO, stdout=log, stderr=log)
+        deadline = time.monotonic() + 240
+        while len(list(out.glob("**/last.pt"))) < 2 and runner.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        workers = [pid for pid in _children(runner.pid)
+                   if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
+        os.kill(runner.pid, signal.SIGTERM)                  # the runner alone, not its process group
+        returncode = runner.wait(timeout=240)
+    text = (tmp_path / "runner.log").read_text()
+    assert len(workers) == 2, text
+    assert returncode == 130 and "interrupted: received SIGTERM" in text
+    assert text.count("stopped at epoch") == 2               # each saved last.pt after its step, then stopped
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]   # none left training unwatched
+    assert not (tmp_path / "results" / "runs").exists()      # nothing finished, nothing reported as finished
+
+
+def test_a_worker_stops_once_and_a_repeated_signal_does_not_kill_it_while_it_saves():
+    previous = {sig: signal.getsignal(sig) for sig in execute.WorkerStop.signals}
+    try:
+        stop = execute.WorkerStop()
+        stop.install()
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGINT)     # Ctrl-C reached the whole group ...
+        os.kill(os.getpid(), signal.SIGTERM)    # ... and the runner forwards its own stop: still alive here
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested
+        stop.uninstall()                        # fit's uninstall leaves the worker's handler in place
+        os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def test_report_only_trains_nothing_and_lists_the_missing_runs(tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import signal
 import sys
 import time
 
@@ -25,7 +26,7 @@ from yolo.config import ConfigError
 from yolo.checkpoint import load_checkpoint
 from yolo.cluster import RunInterrupted
 from yolo.distributed import local_device
-from yolo.fit import evaluate_checkpoint, fit, prepare_data
+from yolo.fit import StopRequest, evaluate_checkpoint, fit, prepare_data
 from yolo.hardware import describe_device, describe_machine, native_bf16
 
 logger = logging.getLogger(__name__)
@@ -158,9 +159,9 @@ def execute(runs: list[Run], selection: str, *, jobs: int = 1, devices: list[str
             progress: bool = True) -> tuple[dict, dict]:
     """Run every run without a complete result; returns ({run key: result}, {run key: why it failed}).
 
-    ``RunInterrupted`` and ``KeyboardInterrupt`` stop everything (finished runs keep their result files, the
-    interrupted one resumes next time). ``devices``: run slot i (of ``jobs``) trains on ``devices[i %
-    len(devices)]``; default: the config's device.
+    ``RunInterrupted``, ``KeyboardInterrupt`` and (with ``jobs`` > 1) a SIGTERM stop everything (finished runs keep
+    their result files, the interrupted ones resume next time). ``devices``: run slot i (of ``jobs``) trains on
+    ``devices[i % len(devices)]``; default: the config's device.
     """
     results, todo = prepare_runs(runs, selection)
     if jobs == 1:
@@ -238,6 +239,7 @@ def _run_parallel(todo, selection, results, jobs, devices) -> dict:
     context = multiprocessing.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // jobs)  # the CPU's cores shared, not oversubscribed
     clock, failures, queue, free, alive = Progress(len(todo), selection, jobs), {}, list(todo), list(range(jobs)), {}
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)  # killed alone, the runner would orphan its runs
     try:
         while queue or alive:
             while queue and free:
@@ -254,9 +256,25 @@ def _run_parallel(todo, selection, results, jobs, devices) -> dict:
                 _collect(process.exitcode, run, selection, results, failures)
                 logger.info(clock.finish(run, results.get(run.key)))
     finally:
-        for process, _, _ in alive.values():  # after Ctrl-C they save a checkpoint and stop: wait for that
-            process.join()
+        signal.signal(signal.SIGTERM, previous)
+        _stop_workers([process for process, _, _ in alive.values()])
     return failures
+
+
+def _raise_interrupted(signum, frame):
+    raise RunInterrupted(f"received {signal.Signals(signum).name}: the runs in flight save last.pt and stop")
+
+
+def _stop_workers(processes: list):
+    """Ask the runs still in flight to stop (SIGTERM: each saves ``last.pt`` after its step) and wait for them.
+
+    Whatever ended the loop (Ctrl-C, SIGTERM to the runner alone, one run interrupted, an error) ends them too:
+    none keeps training unwatched, and the next invocation resumes each from its ``last.pt``."""
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join()
 
 
 def _collect(exitcode: int, run: Run, selection: str, results: dict, failures: dict):
@@ -272,13 +290,35 @@ def _collect(exitcode: int, run: Run, selection: str, results: dict, failures: d
 
 def _child(run: Run, selection: str, threads: int, jobs: int):
     """A --jobs process: one run; exit status 0 (done, result written), 1 (failed) or EXIT_INTERRUPTED."""
+    stop = WorkerStop()
+    stop.install()
     logging.basicConfig(level=logging.INFO, format=f"[{run.name}] {LOG_FORMAT}")
     torch.set_num_threads(threads)
     try:
-        run_one(run, selection, progress=False, runs_at_once=jobs)
+        run_one(run, selection, progress=False, stop=stop, runs_at_once=jobs)
     except RunInterrupted as exc:
         logger.warning("%s", exc)
         sys.exit(EXIT_INTERRUPTED)
     except Exception:
         logger.exception("run %s failed", run.name)
         sys.exit(1)
+
+
+class WorkerStop(StopRequest):
+    """A --jobs process's stop request, for its whole life: SIGTERM / SIGINT end its run at the next step, with
+    ``last.pt`` saved. Repeats change nothing: the runner forwards the stop it got, and a terminal (Ctrl-C) or a
+    scheduler may already have signalled the whole process group; a second signal must not kill the process while
+    it saves. SIGKILL still ends it at once."""
+
+    def install(self):
+        for sig in self.signals:
+            signal.signal(sig, self._on_signal)
+
+    def uninstall(self):
+        """Nothing to give back: the process ends with its run."""
+
+    def _on_signal(self, signum, frame):
+        if not self.requested:
+            logger.warning("received %s: saving a checkpoint at the end of this step, then stopping",
+                           signal.Signals(signum).name)
+        self.requested = True
