@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from yolo.ablate import execute, plan
@@ -308,6 +309,22 @@ def _fakes(monkeypatch, fit, score=lambda cfg: 0.25):
                                                                   "metrics": {"voc07_map50": 0.5}})
     monkeypatch.setattr(execute, "evaluate_checkpoint", lambda ckpt, cfg, split, weights: (
         _fake_metrics(score(cfg)), {}, []))
+
+
+def test_runs_side_by_side_share_the_loader_workers_and_keep_their_cache_key(tmp_path, monkeypatch):
+    config = _tiny(tmp_path)
+    config["overrides"]["data"]["workers"] = "auto"
+    config["overrides"]["train"]["device"] = "cuda:0"
+    run = plan_runs(load_ablation([_write(tmp_path / "a.yaml", config)]), tmp_path / "out")[0]
+    monkeypatch.setattr(execute, "local_device", lambda name: torch.device("cuda", 0))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    shared = execute.sharing_cores(run, 9)
+    assert (shared.cfg.data.workers, run.cfg.data.workers) == (1, "auto")   # the planned run is left as it was
+    assert shared.key == run.key == plan.run_key(shared.cfg) and shared.result_path == run.result_path
+    assert execute.sharing_cores(run, 1) is run                             # alone: the machine's own default
+    config["overrides"]["data"]["workers"] = 4
+    explicit = plan_runs(load_ablation([_write(tmp_path / "b.yaml", config)]), tmp_path / "out")[0]
+    assert execute.sharing_cores(explicit, 9).cfg.data.workers == 4         # a number is taken as given
 
 
 def test_interrupted_run_resumes_from_last_pt_and_its_result_file_is_written_once_done(tmp_path, monkeypatch):

@@ -57,6 +57,13 @@ def test_workers_follow_the_device(monkeypatch):
     assert default_workers(torch.device("cuda", 0)) == 3
 
 
+def test_workers_share_the_cores_among_runs_side_by_side(monkeypatch):
+    monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    cuda = torch.device("cuda", 0)
+    assert [default_workers(cuda, runs) for runs in (1, 2, 4, 9, 16, 40)] == [15, 7, 3, 1, 1, 1]
+    assert default_workers(CPU, 9) == 0
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_a_run_logs_and_stores_what_amp_auto_chose(tiny_config, monkeypatch, native):
     from yolo.checkpoint import load_checkpoint

@@ -81,15 +81,16 @@ def describe_machine() -> str:
             f"torch {torch.__version__}" + (f", {len(gpus)} x {gpus[0]}" if gpus else ", no GPU"))
 
 
-def default_workers(device: torch.device) -> int:
+def default_workers(device: torch.device, runs_at_once: int = 1) -> int:
     """Loader worker processes for ``data.workers: auto``.
 
     On the CPU the compute threads already use every core, and the small-image pipeline costs ~1 ms an image
     (``python -m yolo.bench data``): a worker process would only take cores from the step, so 0 workers and a
     prefetching thread. On a GPU the step runs on the device: one worker per core, one core left to the main
-    process, at most 16.
+    process, at most 16. ``runs_at_once`` runs sharing the machine (``yolo.ablate --jobs``) share its cores:
+    each gets its share, else 9 runs on one 16-core GPU host would start 135 workers.
     """
     if device.type != "cuda":
         return 0
-    return max(1, min(16, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else
-                           os.cpu_count() or 2) - 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+    return max(1, min(16, cores // max(1, runs_at_once) - 1))

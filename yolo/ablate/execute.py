@@ -27,7 +27,7 @@ from yolo.checkpoint import load_checkpoint
 from yolo.cluster import RunInterrupted
 from yolo.distributed import local_device
 from yolo.fit import StopRequest, evaluate_checkpoint, fit, prepare_data
-from yolo.hardware import describe_device, describe_machine, native_bf16
+from yolo.hardware import default_workers, describe_device, describe_machine, native_bf16
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ def run_one(run: Run, selection: str, progress: bool = True, stop=None, runs_at_
     result = read_result(run)
     if result is not None and not missing_scores(result, run, selection):
         return result
+    run = sharing_cores(run, runs_at_once)
     checkpoint = run.cfg.run_dir / ("best.pt" if selection == "best_val" else "last.pt")
     if result is None or not checkpoint.is_file():
         result = {**_train(run, progress, stop, runs_at_once), "scores": result["scores"] if result else {}}
@@ -53,6 +54,16 @@ def run_one(run: Run, selection: str, progress: bool = True, stop=None, runs_at_
         result["scores"][score_key(selection, scoring)] = _score(run, checkpoint, scoring)
     write_result(run.result_path, result)
     return result
+
+
+def sharing_cores(run: Run, runs_at_once: int) -> Run:
+    """``run`` with ``data.workers: auto`` resolved to its share of this machine's cores when ``runs_at_once``
+    runs train side by side (``data.workers`` is not in the cache key: the result is the same run's)."""
+    if runs_at_once == 1 or run.cfg.data.workers != "auto":
+        return run
+    cfg = copy.deepcopy(run.cfg)
+    cfg.data.workers = default_workers(local_device(cfg.train.device), runs_at_once)
+    return dataclasses.replace(run, cfg=cfg)
 
 
 def _train(run: Run, progress: bool, stop, runs_at_once: int) -> dict:
