@@ -2,6 +2,7 @@
 ablation-file contract, the committed result files (reuse on a fresh clone, invalidation), the report, and a tiny
 shapes ablation end to end (sequential, cached re-run, then --jobs 2)."""
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -29,7 +30,7 @@ from yolo.ablate.spec import load_ablation
 from yolo.ablate.stats import (holm, min_detectable_difference, paired_difference, summarize, verdict,
                                wilcoxon_floor)
 from yolo.ablate.tables import CSV_COLUMNS, last_quarter_gain, summarize_tables
-from yolo.config import ConfigError
+from yolo.config import Config, ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "configs" / "ablation"
@@ -264,7 +265,8 @@ def test_config_hash_ignores_where_and_how_a_run_is_placed_but_not_what_it_learn
     cfg = load_ablation([_write(tmp_path / "a.yaml", _tiny(tmp_path))]).variants()["ce"].cfg
     key = config_hash(cfg)
     for section, field, value in (("data", "root", "/elsewhere"), ("data", "workers", 8),
-                                  ("train", "device", "cuda:1"), ("train", "log_every", 1), ("train", "seed", 4)):
+                                  ("train", "device", "cuda:1"), ("train", "log_every", 1), ("train", "seed", 4),
+                                  ("train", "channels_last", False), ("train", "compile", True)):
         setattr(getattr(cfg, section), field, value)
     cfg.name, cfg.output_dir, cfg.logdir = "x", "y", "z"
     assert config_hash(cfg) == key
@@ -274,6 +276,44 @@ def test_config_hash_ignores_where_and_how_a_run_is_placed_but_not_what_it_learn
         assert config_hash(changed) != key
     monkeypatch.setattr(plan, "PROTOCOL_VERSION", plan.PROTOCOL_VERSION + 1)   # a code change that alters results
     assert config_hash(cfg) != key
+
+
+# The key of the default config at PROTOCOL_VERSION 3, with no data: a config field added since then changes it.
+DEFAULT_KEY_PROTOCOL_3 = "8b1c7270ec61e9a93fec2c3842f150a165225f54d03c48bc289cbed5346ee201"
+
+
+def test_a_new_config_field_at_its_neutral_value_keeps_every_cache_key(monkeypatch):
+    assert config_hash(Config()) == DEFAULT_KEY_PROTOCOL_3, (
+        "a config field added or changed since protocol 3 changed every cache key, so every committed result "
+        "would be trained again: register the new field in yolo.ablate.plan.HASH_NEUTRAL with the value that "
+        "reproduces the protocol, or bump PROTOCOL_VERSION if results change")
+    cfg = Config()
+    cfg.loss.extra_knob = "off"             # a field the protocol did not have ...
+    monkeypatch.setattr(Config, "to_dict", lambda self: {**dataclasses.asdict(self), "loss": {
+        **dataclasses.asdict(self.loss), "extra_knob": self.loss.extra_knob}})
+    assert config_hash(cfg) != DEFAULT_KEY_PROTOCOL_3
+    monkeypatch.setitem(plan.HASH_NEUTRAL, ("loss", "extra_knob"), "off")
+    assert config_hash(cfg) == DEFAULT_KEY_PROTOCOL_3      # ... registered: the old key while it is neutral
+    cfg.loss.extra_knob = "on"
+    assert config_hash(cfg) != DEFAULT_KEY_PROTOCOL_3      # a run that uses it gets a key of its own
+
+
+def test_the_cache_key_holds_the_data_but_not_where_it_lives(tmp_path):
+    """Two datasets with the same split names but other images (or classes) never share a result; the same
+    dataset moved elsewhere does."""
+    ablation = load_ablation([_write(tmp_path / "a.yaml", _tiny(tmp_path))])
+    key = plan_runs(ablation, tmp_path / "out")[0].key
+    moved = tmp_path / "moved"
+    shutil.copytree(tmp_path / "shapes", moved)
+    ablation.variants()["ce"].cfg.data.root = str(moved / "VOCdevkit")
+    assert plan_runs(ablation, tmp_path / "out")[0].key == key
+    split = moved / "VOCdevkit" / "VOCshapes" / "ImageSets" / "Main" / "train.txt"
+    split.write_text("".join(split.read_text().splitlines(keepends=True)[:-1]))     # one image fewer
+    assert plan_runs(ablation, tmp_path / "out")[0].key != key
+    shutil.copy(tmp_path / "shapes" / "VOCdevkit" / "VOCshapes" / "ImageSets" / "Main" / "train.txt", split)
+    classes = moved / "VOCdevkit" / "classes.txt"
+    classes.write_text(classes.read_text().replace("red_circle", "crimson_circle"))
+    assert plan_runs(ablation, tmp_path / "out")[0].key != key
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -320,7 +360,8 @@ def test_runs_side_by_side_share_the_loader_workers_and_keep_their_cache_key(tmp
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     shared = execute.sharing_cores(run, 9)
     assert (shared.cfg.data.workers, run.cfg.data.workers) == (1, "auto")   # the planned run is left as it was
-    assert shared.key == run.key == plan.run_key(shared.cfg) and shared.result_path == run.result_path
+    assert shared.key == run.key == plan.run_key(shared.cfg, run.data_fingerprint)
+    assert shared.result_path == run.result_path
     assert execute.sharing_cores(run, 1) is run                             # alone: the machine's own default
     config["overrides"]["data"]["workers"] = 4
     explicit = plan_runs(load_ablation([_write(tmp_path / "b.yaml", config)]), tmp_path / "out")[0]

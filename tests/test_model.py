@@ -29,6 +29,26 @@ def test_forward_layout_and_prior_initialisation(neck, cells):
     assert probs.mean().item() == pytest.approx(0.01, rel=0.3)
 
 
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_the_prediction_convolutions_run_in_fp32_under_bf16_autocast(decoupled):
+    """The logits are float32 and equal to the fp32 conv of the (bf16) head features: they are not rounded to
+    bf16 before the losses' log-space arithmetic."""
+    torch.manual_seed(0)
+    model = YOLO(C, channels=32, decoupled_head=decoupled).eval()
+    head = model.heads[0]
+    with torch.no_grad():
+        head.pred.weight.normal_(std=1.0)        # large logits, where bf16 rounding shows
+        features = torch.randn(1, 32, 4, 4)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = head(features)                               # (1, 16, 1 + C + 4)
+            towers = head.convs(features)
+        expected = head.pred(towers.float()).permute(0, 2, 3, 1).flatten(1, 2)
+    assert out.dtype == torch.float32 and towers.dtype == torch.bfloat16
+    conf_box = out[..., [0, -4, -3, -2, -1]] if decoupled else out
+    assert torch.equal(conf_box, expected[..., [0, -4, -3, -2, -1]] if decoupled else expected)
+    assert not torch.equal(out, out.bfloat16().float())     # bf16 logits would have lost these digits
+
+
 def test_uint8_and_float_inputs_agree():
     model = YOLO(C, channels=32).eval()
     images = torch.randint(0, 256, (1, 3, SIZE, SIZE), dtype=torch.uint8)

@@ -81,6 +81,13 @@ def describe_machine() -> str:
             f"torch {torch.__version__}" + (f", {len(gpus)} x {gpus[0]}" if gpus else ", no GPU"))
 
 
+def cores_per_run(runs_at_once: int = 1) -> int:
+    """This process's usable cores (its CPU affinity, which SLURM and taskset narrow) shared among
+    ``runs_at_once`` runs training side by side (``yolo.ablate --jobs``), at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // max(1, runs_at_once))
+
+
 def default_workers(device: torch.device, runs_at_once: int = 1) -> int:
     """Loader worker processes for ``data.workers: auto``.
 
@@ -92,5 +99,4 @@ def default_workers(device: torch.device, runs_at_once: int = 1) -> int:
     """
     if device.type != "cuda":
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
-    return max(1, min(16, cores // max(1, runs_at_once) - 1))
+    return max(1, min(16, cores_per_run(runs_at_once) - 1))

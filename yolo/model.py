@@ -104,10 +104,17 @@ class Head(nn.Module):
                 conv.bias[:prior_outputs] = prior_bias(prior_prob)
 
     def forward(self, x):
-        out = self.pred(self.convs(x))                 # (N, 1 + C + 4, H, W) or (N, 1 + 4, H, W)
+        out = _fp32_conv(self.pred, self.convs(x))     # (N, 1 + C + 4, H, W) or (N, 1 + 4, H, W)
         if self.decoupled:
-            out = torch.cat([out[:, :1], self.cls_pred(self.cls_convs(x)), out[:, 1:]], dim=1)
+            out = torch.cat([out[:, :1], _fp32_conv(self.cls_pred, self.cls_convs(x)), out[:, 1:]], dim=1)
         return out.permute(0, 2, 3, 1).flatten(1, 2)   # (N, H * W, 1 + C + 4)
+
+
+def _fp32_conv(conv: nn.Conv2d, features: torch.Tensor) -> torch.Tensor:
+    """The prediction convolution in float32 even under autocast: bf16 keeps 8 bits of mantissa, so a logit of 10
+    would be rounded to a multiple of 0.06 before the losses' log-space arithmetic; the 1x1 conv costs little."""
+    with torch.autocast(features.device.type, enabled=False):
+        return conv(features.float())
 
 
 class YOLO(nn.Module):

@@ -12,7 +12,6 @@ import json
 import logging
 import multiprocessing
 import multiprocessing.connection
-import os
 import signal
 import sys
 import time
@@ -27,7 +26,7 @@ from yolo.checkpoint import load_checkpoint
 from yolo.cluster import RunInterrupted
 from yolo.distributed import local_device
 from yolo.fit import StopRequest, evaluate_checkpoint, fit, prepare_data
-from yolo.hardware import default_workers, describe_device, describe_machine, native_bf16
+from yolo.hardware import cores_per_run, default_workers, describe_device, describe_machine, native_bf16
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +81,8 @@ def _train(run: Run, progress: bool, stop, runs_at_once: int) -> dict:
         if not finished.is_file():
             raise RunInterrupted(f"{cfg.run_dir} stopped before its last epoch; run the same command again to resume")
     trained = json.loads(finished.read_text())
-    return {"protocol": PROTOCOL_VERSION, "key": run.key, "config_hash": config_hash(cfg), "seed": run.seed,
+    return {"protocol": PROTOCOL_VERSION, "key": run.key, "config_hash": config_hash(cfg, run.data_fingerprint),
+            "data_fingerprint": run.data_fingerprint, "seed": run.seed,
             "variants": run.variants, "config": trained["config"], "history": trained["history"],
             "precision": trained["precision"], "train_s": trained["train_s"], "runs_at_once": runs_at_once,
             "class_images": class_images(cfg),
@@ -248,7 +248,7 @@ def _run_sequential(todo, selection, results, devices, progress) -> dict:
 def _run_parallel(todo, selection, results, jobs, devices) -> dict:
     """``jobs`` spawned processes at a time, one per run (a fresh process: no state leaks between runs)."""
     context = multiprocessing.get_context("spawn")
-    threads = max(1, (os.cpu_count() or 1) // jobs)  # the CPU's cores shared, not oversubscribed
+    threads = cores_per_run(jobs)  # the CPU's cores shared, not oversubscribed
     clock, failures, queue, free, alive = Progress(len(todo), selection, jobs), {}, list(todo), list(range(jobs)), {}
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)  # killed alone, the runner would orphan its runs
     try:

@@ -25,6 +25,7 @@ from yolo.ablate.plan import Run
 from yolo.ablate.results import missing_scores, read_result
 from yolo.cluster import JobSpec, job_failure, job_log, make_executor, run_preemptible
 from yolo.config import ConfigError
+from yolo.hardware import cores_per_run
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def _inprocess(runs, selection, job_dir, options):
 def _local(runs, selection, job_dir, options):
     results, todo = prepare_runs(runs, selection)
     executor = make_executor("local", job_dir, options.spec)
-    threads = max(1, (os.cpu_count() or 1) // options.jobs)
+    threads = cores_per_run(options.jobs)
     clock, failures, queue, free, alive = Progress(len(todo), selection), {}, list(todo), list(range(options.jobs)), {}
     logger.info("local jobs: scripts and logs in %s", job_dir)
     try:

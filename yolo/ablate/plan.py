@@ -1,9 +1,16 @@
 """From an ablation to runs: one Run per distinct (training config, seed), its cache key and its folders.
 
-The cache key is a hash of the training config (minus where and how a run is placed) and of
-``PROTOCOL_VERSION``. Bump ``PROTOCOL_VERSION`` whenever a change to the training or scoring code alters what a
-run produces (a different loss, augmentation, schedule, assignment or metric): every cached result then stops
-matching on purpose and is trained again, instead of silently mixing results of two code versions.
+The cache key is a hash of the training config (minus where and how a run is placed), of the data it reads (a
+fingerprint of the class list and of the image ids of every split, so another dataset with the same split names
+never reuses a result) and of ``PROTOCOL_VERSION``. Bump ``PROTOCOL_VERSION`` whenever a change to the training or
+scoring code alters what a run produces (a different loss, augmentation, schedule, assignment or metric): every
+cached result then stops matching on purpose and is trained again, instead of silently mixing results of two code
+versions.
+
+A config field added after the protocol was fixed changes no key while it holds the value that reproduces the
+protocol's behaviour: register it in ``HASH_NEUTRAL`` with that value (a test fails on a field that is neither
+hashed at the protocol nor registered). Any other value is hashed, so a run that uses the new feature gets a key
+of its own.
 """
 import copy
 import dataclasses
@@ -13,12 +20,17 @@ from pathlib import Path
 
 from yolo.ablate.spec import Ablation
 from yolo.config import Config
+from yolo.data.voc import list_annotations
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3   # 3: the heads' prediction convolutions run in fp32 under autocast; the key holds the data
 # Fields that do not change what a run learns or how it is scored: left out of the config hash, so moving the
-# data, changing the device or the number of loader workers reuses finished runs. The seed is in the run key.
+# data, changing the device, the memory format, compilation or the number of loader workers reuses finished runs.
+# The seed is in the run key.
 UNHASHED_KEYS = (("name",), ("output_dir",), ("logdir",), ("data", "root"), ("data", "workers"),
-                 ("train", "device"), ("train", "log_every"), ("train", "seed"))
+                 ("train", "device"), ("train", "channels_last"), ("train", "compile"), ("train", "log_every"),
+                 ("train", "seed"))
+# Fields added after PROTOCOL_VERSION was fixed: {(section, field): the value that reproduces the protocol}.
+HASH_NEUTRAL: dict[tuple, object] = {}
 
 
 @dataclasses.dataclass
@@ -30,23 +42,46 @@ class Run:
     cfg: Config                    # seed, output_dir, name and logdir set
     scorings: dict                 # {scoring name: eval overrides} the variants need on the test split
     result_path: Path              # RESULTS/runs/<key>.json, the committed result
+    data_fingerprint: str = ""     # of the classes and split image ids (``data_fingerprint``), part of the key
 
     @property
     def config_hash(self) -> str:
         return self.key.rsplit("-seed", 1)[0]
 
 
-def config_hash(cfg: Config) -> str:
-    """sha256 (hex) of the protocol version and the config minus ``UNHASHED_KEYS``."""
+def hashed_config(cfg: Config) -> dict:
+    """The config as hashed: minus ``UNHASHED_KEYS``, and minus ``HASH_NEUTRAL`` fields at their neutral value."""
     values = cfg.to_dict()
     for keys in UNHASHED_KEYS:
         (values if len(keys) == 1 else values[keys[0]]).pop(keys[-1])
-    return hashlib.sha256(json.dumps({"protocol": PROTOCOL_VERSION, "config": values},
+    for keys, neutral in HASH_NEUTRAL.items():
+        section = values if len(keys) == 1 else values[keys[0]]
+        if section.get(keys[-1]) == neutral:
+            section.pop(keys[-1])
+    return values
+
+
+def config_hash(cfg: Config, data: str = "") -> str:
+    """sha256 (hex) of the protocol version, the config minus what is not hashed, and the data fingerprint."""
+    return hashlib.sha256(json.dumps({"protocol": PROTOCOL_VERSION, "config": hashed_config(cfg), "data": data},
                                      sort_keys=True).encode()).hexdigest()
 
 
-def run_key(cfg: Config) -> str:
-    return f"{config_hash(cfg)[:12]}-seed{cfg.train.seed}"
+def data_fingerprint(cfg: Config) -> str:
+    """sha256 (hex) of the class list and of the image ids of the train, val and test splits of ``cfg.data``.
+
+    Where the data lives is not in it (moving a dataset keeps its results); which images and classes it holds is.
+    The synthetic shapes set is generated here if it is missing, as the first run would.
+    """
+    from yolo.fit import prepare_data          # torch-heavy: imported when a plan is made, not with this module
+    root, classes = prepare_data(cfg)
+    splits = {part: [f"{folder.name}/{image_id}" for folder, image_id in list_annotations(root, spec)]
+              for part, spec in (("train", cfg.data.train), ("val", cfg.data.val), ("test", cfg.data.test))}
+    return hashlib.sha256(json.dumps({"classes": list(classes), "splits": splits}).encode()).hexdigest()
+
+
+def run_key(cfg: Config, data: str = "") -> str:
+    return f"{config_hash(cfg, data)[:12]}-seed{cfg.train.seed}"
 
 
 def plan_runs(ablation: Ablation, output_dir, results_dir=None) -> list[Run]:
@@ -58,16 +93,21 @@ def plan_runs(ablation: Ablation, output_dir, results_dir=None) -> list[Run]:
     output_dir = Path(output_dir)
     results_dir = Path(results_dir) if results_dir is not None else output_dir
     runs: dict[str, Run] = {}
+    fingerprints: dict[str, str] = {}          # per distinct data section: reading the splits once is enough
     for seed_index in range(ablation.seeds):
         for variant in ablation.variants().values():
             cfg = copy.deepcopy(variant.cfg)
             cfg.train.seed += seed_index
-            key = run_key(cfg)
+            data_key = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
+            if data_key not in fingerprints:
+                fingerprints[data_key] = data_fingerprint(cfg)
+            key = run_key(cfg, fingerprints[data_key])
             if key not in runs:
                 name = _existing_run_name(output_dir / "runs", key) or f"{variant.name}-s{cfg.train.seed}-{key[:8]}"
                 cfg.name, cfg.output_dir, cfg.logdir = name, str(output_dir / "runs"), str(output_dir / "tb" / name)
                 runs[key] = Run(key=key, name=name, seed=cfg.train.seed, variants=[], cfg=cfg, scorings={},
-                                result_path=results_dir / "runs" / f"{key}.json")
+                                result_path=results_dir / "runs" / f"{key}.json",
+                                data_fingerprint=fingerprints[data_key])
             runs[key].variants.append(variant.name)
             runs[key].scorings[variant.scoring_name] = variant.scoring
     return list(runs.values())
