@@ -101,14 +101,15 @@ def _rescale(images, boxes, size: int):
     return images, boxes * scale
 
 
-def train_step(model, images, boxes, labels, optimizer, cfg, *, cls_loss: str, scaler, amp_dtype):
-    """One optimisation step; returns (loss terms, gradient norm) as device tensors (nothing is synced)."""
+def train_step(model, images, boxes, labels, optimizer, cfg, *, cls_loss: str, scaler, amp_dtype, loss_state=None):
+    """One optimisation step; returns (loss terms, gradient norm) as device tensors (nothing is synced).
+    ``loss_state``: the running statistics of a stateful class loss (``yolo.losses.state``), updated in place."""
     image_hw = tuple(images.shape[-2:])
     grid = grid_for(image_hw, unwrap(model).strides, images.device)
     with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         preds = model(images)                                                       # (N, A, 1 + C + 4)
     targets = assign_targets(boxes, labels, grid, image_hw, cfg.model.level_thresholds)
-    terms = detection_loss(preds, targets, grid, cfg.loss, cls_loss=cls_loss)
+    terms = detection_loss(preds, targets, grid, cfg.loss, cls_loss=cls_loss, state=loss_state)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(terms["total"]).backward()
     scaler.unscale_(optimizer)
@@ -120,7 +121,7 @@ def train_step(model, images, boxes, labels, optimizer, cfg, *, cls_loss: str, s
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, cfg, epoch: int, *, device, scaler, amp_dtype=None,
-                    ema=None, writer=None, progress=None, stop=None, start_step: int = 0) -> dict:
+                    ema=None, writer=None, progress=None, stop=None, start_step: int = 0, loss_state=None) -> dict:
     """Train for one epoch (from batch ``start_step`` when resuming mid-epoch).
 
     ``stop`` is an object whose ``requested`` attribute a signal handler sets: the epoch then ends after the
@@ -140,7 +141,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, cfg, epoch: int, *, dev
             size = random.Random(cfg.train.seed * 1_000_003 + global_step).choice(cfg.data.multiscale)
             images, boxes = _rescale(images, boxes, size)
         terms, grad_norm = train_step(model, images, boxes, labels, optimizer, cfg, cls_loss=cls_loss,
-                                      scaler=scaler, amp_dtype=amp_dtype)
+                                      scaler=scaler, amp_dtype=amp_dtype, loss_state=loss_state)
         scheduler.step()
         if ema is not None:
             ema.update()

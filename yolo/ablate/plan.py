@@ -30,7 +30,10 @@ UNHASHED_KEYS = (("name",), ("output_dir",), ("logdir",), ("data", "root"), ("da
                  ("train", "device"), ("train", "channels_last"), ("train", "compile"), ("train", "log_every"),
                  ("train", "seed"))
 # Fields added after PROTOCOL_VERSION was fixed: {(section, field): the value that reproduces the protocol}.
-HASH_NEUTRAL: dict[tuple, object] = {}
+HASH_NEUTRAL: dict[tuple, object] = {
+    ("loss", "conf_target"): "auto", ("loss", "conf_iou_floor"): 0.0, ("loss", "vfl_alpha"): 0.75,
+    ("loss", "poly_epsilon"): 1.0, ("loss", "seesaw_p"): 0.8, ("loss", "seesaw_q"): 2.0, ("loss", "efl_scale"): 8.0,
+}
 
 
 @dataclasses.dataclass
