@@ -65,6 +65,9 @@ def _score_checkpoint(args):
     cfg = config_from_args(args, base=ckpt["config"])
     split = args.split or cfg.data.test
     print(f"evaluating {path} on {split}")
+    if ":" in cfg.loss.cls_loss and cfg.eval.cls_scoring == "auto":   # a user's loss: never imported to evaluate
+        print(f"note: loss.cls_loss {cfg.loss.cls_loss} is a user's loss, which eval never imports; its class scores "
+              f"are a softmax (--cls-scoring sigmoid for a per-class sigmoid loss)")
     results, _, detections = evaluate_checkpoint(ckpt, cfg, split, weights=args.weights)
     if args.save_detections:
         save_detections(detections, args.save_detections)

@@ -261,8 +261,9 @@ def sigmoid_scoring(cfg, epoch: int) -> bool:
     """Whether class scores at inference are per-class sigmoids (else a softmax over classes).
 
     ``eval.cls_scoring``: ``auto`` matches the classification loss the head was trained with in ``epoch``
-    (sigmoid for ``sigmoid_focal``, softmax for the others); ``softmax`` / ``sigmoid`` force one, e.g. to score a
-    sigmoid-focal head the way the reference code base decodes every head, softmax(class) x sigmoid(object).
+    (sigmoid for ``SIGMOID_CLS_LOSSES``, softmax for the others and for a user's own loss, which is never imported
+    here); ``softmax`` / ``sigmoid`` force one, e.g. to score a sigmoid-focal head the way the reference code base
+    decodes every head, softmax(class) x sigmoid(object).
     """
     if cfg.eval.cls_scoring == "auto":
         return cls_loss_for_epoch(cfg, epoch) in SIGMOID_CLS_LOSSES

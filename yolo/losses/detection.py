@@ -3,6 +3,9 @@
 ``get_loss`` looks a loss up by name (a registry name, or ``module:function`` for a user's own loss) and binds the
 config's hyper-parameters it accepts; ``check_loss_config`` is the loss part of ``yolo.config.validate``.
 """
+import logging
+import sys
+
 import torch
 
 from yolo.boxes import decode_cell
@@ -13,6 +16,8 @@ from yolo.losses.common import _f32, bind_hparams
 from yolo.losses.objectness import BINARY_CONF_LOSSES, CONF_LOSSES, IOU_CONF_LOSSES
 from yolo.losses.state import state_for, update_loss_state
 from yolo.losses.user import check_name, check_user_loss, is_user_loss, load_user_loss, user_losses
+
+logger = logging.getLogger(__name__)
 
 CONF_TARGETS = ("auto", "one", "iou")
 
@@ -144,3 +149,5 @@ def check_user_losses(cfg, num_classes: int):
     for key, name in user_losses(cfg).items():
         hparams = cls_hparams(cfg) if key == "cls_loss" else conf_hparams(cfg)
         check_user_loss(key, name, num_classes, hparams, soft_targets=key == "conf_loss" and conf_target_is_iou(cfg))
+        logger.info("loss.%s %s: imported from %s and checked on random logits", key, name,
+                    sys.modules[name.split(":")[0]].__file__)
