@@ -306,3 +306,25 @@ def test_prior_bias():
     assert prior_bias(0.5) == 0.0
     with pytest.raises(ValueError):
         prior_bias(1.0)
+
+
+def test_reference_tables_and_plot_hold_every_loss(tmp_path, capsys):
+    from yolo.losses.reference import cls_table, conf_table, main
+    rows = cls_table()
+    assert {name for name in CLS_LOSSES if name not in ("seesaw", "efl")} <= set(rows)
+    assert {label.split(",")[0] for label in rows} == set(CLS_LOSSES)
+    p = (torch.arange(11, dtype=torch.float64) / 10).softmax(-1)
+    torch.testing.assert_close(rows["poly1"], rows["ce"] + 1 - p)                    # CE + (1 - p_t)
+    torch.testing.assert_close(rows["efl, no statistics"], rows["sigmoid_focal"])
+    torch.testing.assert_close(rows["seesaw, equal counts"][-1], rows["ce"][-1])     # the target leads: CE
+    # class c seen 2^(10 - c) times: every rarer class is mitigated, so each class but the rarest costs less
+    assert (rows["seesaw, N_c = 2^(10-c)"][:-1] < rows["seesaw, equal counts"][:-1]).all()
+    conf = conf_table()
+    assert {name for _, name in conf} == set(CONF_LOSSES)
+    assert conf[1.0, "qfl"][3].item() == pytest.approx(0.25 * math.log(2))           # p = 0.5, target 1
+    assert conf[0.6, "focal"] is None and conf[0.6, "vfl"] is not None
+    main(["table"])
+    out = capsys.readouterr().out
+    assert all(name in out for name in list(CLS_LOSSES) + list(CONF_LOSSES))
+    main(["plot", str(tmp_path / "losses.png")])
+    assert (tmp_path / "losses.png").stat().st_size > 10_000

@@ -115,7 +115,8 @@ def _plot_softmax(ax, p_t):
     for k in (10, 30):
         ax.plot(p_t, soft_truncated_ce(logits, targets, k=k), ":", label=f"soft truncated CE, margin=0.6, k={k}")
     ax.plot(p_t, get_loss(CLS_LOSSES, "poly1", **hparams)(logits, targets), "-.", label="poly1, epsilon=1")
-    for counts, label in (((1.0, 1.0), "seesaw, equal counts"), ((1.0, 10.0), "seesaw, true class 10x rarer")):
+    for counts, label in (((1.0, 1.0), "seesaw, equal counts"), ((10.0, 1.0), "seesaw, true class 10x more "
+                                                                               "frequent")):
         stats = {"class_counts": torch.tensor(counts, dtype=torch.float64)}
         ax.plot(p_t, get_loss(CLS_LOSSES, "seesaw", **hparams, **stats)(logits, targets), "-.", label=label)
     ax.set(xlabel="softmax probability of the ground-truth class (2 classes)", ylabel="loss",
@@ -125,13 +126,16 @@ def _plot_softmax(ax, p_t):
 def _plot_sigmoid(ax, p):
     # One class, the target: each sigmoid loss is its positive term at p.
     logits, targets = torch.logit(p)[:, None], torch.zeros(len(p), dtype=torch.long)
-    hparams = cls_hparams(LossConfig())
+    defaults = LossConfig()
+    hparams = cls_hparams(defaults)
     for name in ("sigmoid_focal", "poly1_focal"):
-        ax.plot(p, get_loss(CLS_LOSSES, name, **hparams)(logits, targets), label=f"{name} (alpha 0.25, gamma 2)")
+        ax.plot(p, get_loss(CLS_LOSSES, name, **hparams)(logits, targets),
+                label=f"{name} (alpha {defaults.alpha}, gamma {defaults.gamma:g})")
     for ratio in (1.0, 0.5, 0.0):
         stats = {"pos_grad": torch.tensor([ratio], dtype=torch.float64), "neg_grad": torch.ones(1, dtype=torch.float64)}
+        gamma_j = defaults.gamma + defaults.efl_scale * (1 - ratio)
         ax.plot(p, get_loss(CLS_LOSSES, "efl", **hparams, **stats)(logits, targets), "--",
-                label=f"efl, g = {ratio} (gamma_j = {2 + 8 * (1 - ratio):g})")
+                label=f"efl, g = {ratio:g} (gamma_j = {gamma_j:g})" + (" = sigmoid_focal" if ratio == 1 else ""))
     ax.set(xlabel="sigmoid probability of the ground-truth class", title="Sigmoid class losses (positive term)")
 
 
@@ -139,12 +143,13 @@ def _plot_conf(ax, p):
     logits = torch.logit(p)
     hparams = {**conf_hparams(LossConfig()), "pos_weight": 1.0, "neg_weight": 1.0}
     for target, style in ((1.0, "-"), (0.6, "--"), (0.0, ":")):
-        for name in ("mse", "bce", "focal", "qfl", "vfl"):
+        for colour, name in enumerate(("mse", "bce", "focal", "qfl", "vfl")):
             if name in BINARY_CONF_LOSSES and target not in (0.0, 1.0):
                 continue
             ax.plot(p, get_loss(CONF_LOSSES, name, **hparams)(logits, torch.full_like(logits, target)), style,
-                    label=f"{name}, target {target:g}")
-    ax.set(xlabel="p = sigmoid(objectness logit)", title="Confidence losses (weights 1)")
+                    color=f"C{colour}", label=f"{name}, target {target:g}")
+    ax.set(xlabel="p = sigmoid(objectness logit)",
+           title="Confidence losses (weights 1): target 1 solid, IoU 0.6 dashed, 0 dotted")
 
 
 def main(argv=None):
