@@ -75,8 +75,9 @@ def print_tables():
     print(f"{'loss':<24}" + "".join(f"{c:>8d}" for c in range(11)))
     for label, values in rows.items():
         print(f"{label:<24}" + "".join(f"{v:8.4f}" for v in values.tolist()))
-    print(f"\nevery confidence loss at the defaults (conf_alpha {d.conf_alpha}, conf_gamma {d.conf_gamma} = QFL's beta, "
-          f"conf_k {d.conf_k}, vfl_alpha {d.vfl_alpha}), obj_weight = noobj_weight = 1; columns: p = sigmoid(logit)")
+    print(f"\nevery confidence loss at the defaults (conf_alpha {d.conf_alpha}, conf_gamma {d.conf_gamma} = QFL's "
+          f"beta, conf_k {d.conf_k}, vfl_alpha {d.vfl_alpha}), obj_weight = noobj_weight = 1; columns: p = "
+          f"sigmoid(logit)")
     print(f"{'target':<8}{'loss':<16}" + "".join(f"{p:>8}" for p in TABLE_PROBS))
     for (target, name), values in conf_table().items():
         cells = "".join(f"{'-':>8}" for _ in TABLE_PROBS) if values is None else \
