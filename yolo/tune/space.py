@@ -62,7 +62,11 @@ def with_params(cfg: Config, params: dict, source: str = "trial") -> Config:
     for name, value in params.items():
         section, field = name.split(".")
         nested.setdefault(section, {})[field] = value
-    return validate(update(copy.deepcopy(cfg), nested, source))
+    cfg = update(copy.deepcopy(cfg), nested, source)
+    try:
+        return validate(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def check_space(cfg: Config, space: dict, source: str):
