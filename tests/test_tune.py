@@ -294,3 +294,51 @@ def test_a_tiny_tuning_trains_its_trials_then_the_seeds_stage_and_reuses_everyth
     capsys.readouterr()
     assert main(["--config", str(tuning_file), "--output-dir", str(tmp_path / "out"), "--no-progress"]) == 0
     assert {p: p.read_bytes() for p in results.rglob("*.json")} == before     # nothing trained again
+
+
+def test_two_local_workers_train_the_same_trials_as_one_in_process_worker(tmp_path):
+    """``--launcher local --jobs 2``: two submitit jobs share the journal; every (row, trial) gets the values and
+    the objective one in-process worker gives it (the samplers are seeded, the runs deterministic)."""
+    config = _tiny(tmp_path, trials=2)
+    inprocess = _write(tmp_path / "a.yaml", config)
+    config["results"] = str(tmp_path / "local-results")
+    local = _write(tmp_path / "b.yaml", config)
+    assert main(["--config", str(inprocess), "--stage", "tune", "--output-dir", str(tmp_path / "out"),
+                 "--no-progress"]) == 0
+    assert main(["--config", str(local), "--stage", "tune", "--output-dir", str(tmp_path / "local"),
+                 "--launcher", "local", "--jobs", "2", "--no-progress"]) == 0
+
+    def trials(results):
+        tuning = study.open_tuning(load_ablation([inprocess]), tmp_path / "x", results)
+        return {(row, t.number): (t.params, round(t.value, 6)) for row, s in tuning.studies.items()
+                for t in s.trials}
+    one, two = trials(tmp_path / "results"), trials(tmp_path / "local-results")
+    assert len(one) == 4 and one == two
+    workers = {t.user_attrs["worker"] for s in study.open_tuning(load_ablation([local]), tmp_path / "x",
+                                                                 tmp_path / "local-results").studies.values()
+               for t in s.trials}
+    assert len(workers) == 2                      # both jobs trained trials
+
+
+def test_slurm_submits_one_array_of_workers_sharing_the_journal(tmp_path, monkeypatch):
+    """No SLURM here: ``sbatch`` is a stub that keeps the script it is given."""
+    import submitit
+    path, out, scripts, stubs = _write(tmp_path / "a.yaml", _tiny(tmp_path)), tmp_path / "out", tmp_path / "s", \
+        tmp_path / "bin"
+    stubs.mkdir()
+    scripts.mkdir()
+    (stubs / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {scripts}/$(ls {scripts} | wc -l).sh\n'
+                                  f'echo "Submitted batch job 77"\n')
+    (stubs / "srun").write_text("#!/bin/sh\nexit 0\n")
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{stubs}:{os.environ['PATH']}")
+    assert main(["--config", str(path), "--stage", "tune", "--output-dir", str(out), "--launcher", "slurm",
+                 "--workers", "3", "--slurm-partition", "gpu", "--timeout-min", "120", "--no-progress"]) == 0
+    script = (scripts / "0.sh").read_text().splitlines()
+    for line in ("#SBATCH --array=0-2%3", "#SBATCH --partition=gpu", "#SBATCH --time=120", "#SBATCH --signal=USR2@90",
+                 "#SBATCH --job-name=tune-a"):
+        assert line in script, line
+    assert len(list(scripts.iterdir())) == 1
+    job = submitit.SlurmJob(out / "jobs" / "%j", "77_1").submission().function
+    assert isinstance(job, worker.TuneWorker) and job.args[3] == tmp_path / "results"

@@ -128,8 +128,9 @@ def submit_workers(launcher: str, workers: int, job_dir: Path, spec, files, seed
     waits for them when ``wait`` (always for local) and fails with the first failed job's reason."""
     executor = make_executor(launcher, job_dir, spec)
     threads = cores_per_run(workers) if launcher == "local" else None
-    jobs = [executor.submit(TuneWorker(files, seeds, output_dir, results_dir, threads, workers))
-            for _ in range(workers)]
+    with executor.batch():                       # one SLURM array of ``workers`` tasks
+        jobs = [executor.submit(TuneWorker(files, seeds, output_dir, results_dir, threads, workers))
+                for _ in range(workers)]
     logger.info("%d %s tuning workers: %s (scripts and logs in %s)", workers, launcher,
                 ", ".join(job.job_id for job in jobs), job_dir)
     if not wait and launcher == "slurm":
