@@ -213,7 +213,7 @@ def _annotations(data: dict, path, categories: Categories, images: list):
             raise DatasetError(f"{path}: annotations[{index}] needs an 'id', got {ann!r:.80}")
         ids[ann["id"]] += 1
         defaults = {key: value for key, value in (("iscrowd", 0), ("area", _box_area(ann))) if key not in ann}
-        missing.update(defaults)
+        missing.update(defaults.keys())
         scored.append({**ann, **defaults} if defaults else ann)
         if ann.get("image_id") not in known_images or ann.get("category_id") not in known_categories:
             orphans["image" if ann.get("image_id") not in known_images else "category"] += 1
