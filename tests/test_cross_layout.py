@@ -78,8 +78,9 @@ def write_yolo(devkit: Path, out: Path) -> Path:
                 os.symlink(devkit / f"VOC{year}" / "JPEGImages" / f"{image_id}.jpg",
                            out / "images" / split / f"{image_id}.jpg")
                 listed.append(f"./images/{split}/{image_id}.jpg")
-                lines = [f"{VOC_NAMES.index(label)} {(xmin - 1 + xmax) / 2 / width!r} {(ymin - 1 + ymax) / 2 / height!r} "
-                         f"{(xmax - xmin + 1) / width!r} {(ymax - ymin + 1) / height!r}"
+                lines = [f"{VOC_NAMES.index(label)} {(xmin - 1 + xmax) / 2 / width!r} "
+                         f"{(ymin - 1 + ymax) / 2 / height!r} {(xmax - xmin + 1) / width!r} "
+                         f"{(ymax - ymin + 1) / height!r}"
                          for label, difficult, xmin, ymin, xmax, ymax in objects if not difficult]
                 (out / "labels" / split / f"{image_id}.txt").write_text("\n".join(lines) + "\n")
         (out / f"{split}.txt").write_text("\n".join(listed) + "\n")

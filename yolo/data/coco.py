@@ -147,7 +147,8 @@ def load_split(root, spec: str, categories: Categories | None = None, check_imag
     found = parse_categories(data, path)
     if categories is not None and (found.names, found.ids) != (categories.names, categories.ids):
         raise DatasetError(f"{path}: its categories differ from the training split's ({len(found.ids)} against "
-                           f"{len(categories.ids)}; first names {list(found.names[:3])} / {list(categories.names[:3])})")
+                           f"{len(categories.ids)}; first names {list(found.names[:3])} / "
+                           f"{list(categories.names[:3])})")
     images = _check_images(data["images"], path)
     image_dir = image_dir or _image_folder(path, root, images)
     by_image, problems, coco_gt = _annotations(data, path, found, images)

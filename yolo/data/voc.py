@@ -139,8 +139,8 @@ def parse_annotation(xml_path, image_dir, classes, check_image_size: bool = True
 
     Returns ``(Record or None, problems)``; ``difficult`` objects are the record's ``ignore`` ones. The record is
     None when the image must be skipped (malformed XML, missing image, unreadable image header, XML size
-    disagreeing with the image). Objects with an unknown class, a missing/non-numeric box or a degenerate box are dropped;
-    boxes reaching outside the image are clipped to it (in memory; files are never modified).
+    disagreeing with the image). Objects with an unknown class, a missing/non-numeric box or a degenerate box are
+    dropped; boxes reaching outside the image are clipped to it (in memory; files are never modified).
     """
     xml_path = Path(xml_path)
     try:
