@@ -1,6 +1,7 @@
 """Ablation runner: statistics on known numbers (scipy-backed), the Holm correction, the long-tail buckets, the
 ablation-file contract, the committed result files (reuse on a fresh clone, invalidation), the report, and a tiny
 shapes ablation end to end (sequential, cached re-run, then --jobs 2)."""
+import copy
 import csv
 import dataclasses
 import json
@@ -612,3 +613,30 @@ def test_runs_pinned_to_bf16_are_refused_up_front_where_bf16_is_only_emulated(tm
     execute.check_precision(fp32, ["cpu"])           # amp none: nothing pinned to bf16, nothing refused
     monkeypatch.setattr(execute, "native_bf16", lambda device: True)
     execute.check_precision(runs, None)              # a device with native bf16 trains them
+
+
+def test_a_subset_run_writes_its_own_report_and_leaves_a_larger_one_untouched(tmp_path, monkeypatch):
+    """Running one file of a set (or fewer seeds) must not replace the report of the whole set."""
+    _fakes(monkeypatch, _fake_fit([]), score=lambda cfg: 0.3 + 0.1 * cfg.train.seed)
+    whole = _tiny(tmp_path)
+    run_ablation(load_ablation([_write(tmp_path / "whole.yaml", whole)]), tmp_path / "out", progress=False)
+    results = tmp_path / "results"
+    before = {p.name: p.read_bytes() for p in results.glob("ablation*")}
+    assert set(before) == {"ablation.md", "ablation.csv", "ablation.png", "ablation_curves.png",
+                           "ablation_buckets.png"}
+
+    subset = copy.deepcopy(whole)
+    subset["tables"][0]["rows"] = subset["tables"][0]["rows"][:1]
+    out = run_ablation(load_ablation([_write(tmp_path / "subset.yaml", subset)]), tmp_path / "out",
+                       progress=False)
+    assert out["paths"]["md"] == results / "ablation-subset.md"
+    assert {p.name: p.read_bytes() for p in results.glob("ablation*") if p.name in before} == before
+    assert "| CE | 0.3000 | 0.4000 |" in out["paths"]["md"].read_text()
+    assert "sigmoid" not in out["paths"]["md"].read_text()
+
+    fewer = run_ablation(load_ablation([results.parent / "whole.yaml"], seeds=1), tmp_path / "out",
+                         progress=False)                                   # one seed of the two: also a subset
+    assert fewer["paths"]["md"] == results / "ablation-whole.md"
+    assert (results / "ablation.md").read_bytes() == before["ablation.md"]
+    again = run_ablation(load_ablation([results.parent / "whole.yaml"]), tmp_path / "out", progress=False)
+    assert again["paths"]["md"] == results / "ablation.md"                # the same coverage: rewritten

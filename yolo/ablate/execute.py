@@ -256,7 +256,7 @@ def _run_parallel(todo, selection, results, jobs, devices) -> dict:
     context = multiprocessing.get_context("spawn")
     threads = cores_per_run(jobs)  # the CPU's cores shared, not oversubscribed
     clock, failures, queue, free, alive = Progress(len(todo), selection, jobs), {}, list(todo), list(range(jobs)), {}
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)  # killed alone, the runner would orphan its runs
+    previous = signal.signal(signal.SIGTERM, raise_interrupted)  # killed alone, the runner would orphan its runs
     try:
         while queue or alive:
             while queue and free:
@@ -274,15 +274,15 @@ def _run_parallel(todo, selection, results, jobs, devices) -> dict:
                 logger.info(clock.finish(run, results.get(run.key)))
     finally:
         signal.signal(signal.SIGTERM, previous)
-        _stop_workers([process for process, _, _ in alive.values()])
+        stop_workers([process for process, _, _ in alive.values()])
     return failures
 
 
-def _raise_interrupted(signum, frame):
+def raise_interrupted(signum, frame):
     raise RunInterrupted(f"received {signal.Signals(signum).name}: the runs in flight save last.pt and stop")
 
 
-def _stop_workers(processes: list):
+def stop_workers(processes: list):
     """Ask the runs still in flight to stop (SIGTERM: each saves ``last.pt`` after its step) and wait for them.
 
     Whatever ended the loop (Ctrl-C, SIGTERM to the runner alone, one run interrupted, an error) ends them too:

@@ -92,27 +92,43 @@ def plan_runs(ablation: Ablation, output_dir, results_dir=None) -> list[Run]:
     Checkpoints and TensorBoard go to ``output_dir/runs`` and ``output_dir/tb``; the result of each run to
     ``results_dir/runs/<key>.json`` (default: ``output_dir``). Rows that differ only in ``scoring`` share a run.
     """
-    output_dir = Path(output_dir)
-    results_dir = Path(results_dir) if results_dir is not None else output_dir
     runs: dict[str, Run] = {}
-    fingerprints: dict[str, str] = {}          # per distinct data section: reading the splits once is enough
+    fingerprints = DataFingerprints()
     for seed_index in range(ablation.seeds):
         for variant in ablation.variants().values():
             cfg = copy.deepcopy(variant.cfg)
             cfg.train.seed += seed_index
-            data_key = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
-            if data_key not in fingerprints:
-                fingerprints[data_key] = data_fingerprint(cfg)
-            key = run_key(cfg, fingerprints[data_key])
-            if key not in runs:
-                name = _existing_run_name(output_dir / "runs", key) or f"{variant.name}-s{cfg.train.seed}-{key[:8]}"
-                cfg.name, cfg.output_dir, cfg.logdir = name, str(output_dir / "runs"), str(output_dir / "tb" / name)
-                runs[key] = Run(key=key, name=name, seed=cfg.train.seed, variants=[], cfg=cfg, scorings={},
-                                result_path=results_dir / "runs" / f"{key}.json",
-                                data_fingerprint=fingerprints[data_key])
-            runs[key].variants.append(variant.name)
-            runs[key].scorings[variant.scoring_name] = variant.scoring
+            run = make_run(variant.name, cfg, fingerprints(cfg), output_dir, results_dir)
+            run = runs.setdefault(run.key, run)
+            run.variants.append(variant.name)
+            run.scorings[variant.scoring_name] = variant.scoring
     return list(runs.values())
+
+
+class DataFingerprints:
+    """``data_fingerprint`` once per distinct data section: reading the splits once is enough."""
+
+    def __init__(self):
+        self.known: dict[str, str] = {}
+
+    def __call__(self, cfg: Config) -> str:
+        data_key = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
+        if data_key not in self.known:
+            self.known[data_key] = data_fingerprint(cfg)
+        return self.known[data_key]
+
+
+def make_run(label: str, cfg: Config, fingerprint: str, output_dir, results_dir=None) -> Run:
+    """The Run of ``cfg`` (seed included; not modified), named ``<label>-s<seed>-<hash8>`` unless an earlier
+    invocation made its folder under another name, with no variants or scorings yet."""
+    output_dir = Path(output_dir)
+    results_dir = Path(results_dir) if results_dir is not None else output_dir
+    cfg = copy.deepcopy(cfg)
+    key = run_key(cfg, fingerprint)
+    name = _existing_run_name(output_dir / "runs", key) or f"{label}-s{cfg.train.seed}-{key[:8]}"
+    cfg.name, cfg.output_dir, cfg.logdir = name, str(output_dir / "runs"), str(output_dir / "tb" / name)
+    return Run(key=key, name=name, seed=cfg.train.seed, variants=[], cfg=cfg, scorings={},
+               result_path=results_dir / "runs" / f"{key}.json", data_fingerprint=fingerprint)
 
 
 def _existing_run_name(runs_dir: Path, key: str) -> str | None:
