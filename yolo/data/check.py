@@ -88,9 +88,10 @@ def _scan_splits(root, spec, layout):
 
 
 def _available_splits(root, layout) -> list[str]:
-    if layout == "yolo":
+    if layout == "yolo":         # a split naming the same images as an earlier one is audited once
         data = yolo_txt.read_yaml(root)
-        return [name for name in ("train", "val", "test") if name in data]
+        present = [name for name in ("train", "val", "test") if name in data]
+        return [name for i, name in enumerate(present) if data[name] not in [data[n] for n in present[:i]]]
     names = []
     for name in ("train", "val", "test"):
         try:

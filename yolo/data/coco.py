@@ -297,10 +297,15 @@ def _box(ann: dict, size, image_path: Path, problems: list):
 
 
 def _unused_categories(path, categories: Categories, annotations: list) -> list:
+    """One problem naming the categories without any annotation (Roboflow exports add one): they are kept, so
+    that labels and category ids stay those of every split; such a class is never a target, and its AP is
+    undefined and left out of the means."""
     used = {ann.get("category_id") for ann in annotations if isinstance(ann, dict)}
-    return [Problem(path, KIND_UNUSED_CATEGORY, f"{name!r} (id {cid}) has no annotation: kept as label {k} (never "
-                    f"a target; its AP is undefined and left out of the means)", ACTION_KEPT)
-            for k, (name, cid) in enumerate(zip(categories.names, categories.ids)) if cid not in used]
+    unused = [f"{name!r} (id {cid})" for name, cid in zip(categories.names, categories.ids) if cid not in used]
+    if not unused:
+        return []
+    return [Problem(path, KIND_UNUSED_CATEGORY, f"{len(unused)} of {len(categories.ids)} categories have no "
+                    f"annotation: {', '.join(unused[:6])}{' ...' if len(unused) > 6 else ''}", ACTION_KEPT)]
 
 
 def _log_summary(path, spec, records, listed: int, problems: list):
