@@ -171,6 +171,22 @@ def test_bad_coco_files_are_one_line_errors(tmp_path, change, message):
     assert message in str(error.value) and str(gt_path) in str(error.value) and "\n" not in str(error.value)
 
 
+def test_orphan_annotations_are_counted_and_lvis_needs_frequencies(tmp_path):
+    gt_path = coco_fixture(tmp_path / "coco")
+    data = json.loads(gt_path.read_text())
+    data["annotations"] += [{"id": 50, "image_id": 99, "category_id": 1, "bbox": [1, 1, 5, 5], "area": 25},
+                            {"id": 51, "image_id": 10, "category_id": 2, "bbox": [1, 1, 5, 5], "area": 25}]
+    gt_path.write_text(json.dumps(data))
+    split = load_split(gt_path, "val")
+    details = {p.detail for p in split.problems if p.action == "object dropped"}
+    assert details == {"1 annotations of an unknown image id", "1 annotations of an unknown category id"}
+    assert sum(len(r.labels) for r in split.records) == 7         # the fixture's own, crowd included
+    data["images"][0]["neg_category_ids"] = [3]
+    gt_path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match="not every category has a 'frequency'"):
+        load_split(gt_path, "val")
+
+
 def test_not_json_and_missing_images_are_named(tmp_path):
     gt_path = coco_fixture(tmp_path / "coco")
     gt_path.write_text("{not json")
