@@ -103,6 +103,7 @@ def test_a_voc_folder_with_its_own_class_names_and_no_classes_txt_is_refused(sha
     shutil.copytree(shapes_root, devkit)
     (devkit / "classes.txt").unlink()
     (devkit / "shapes.json").unlink()
+    before = {p: p.read_bytes() for p in devkit.rglob("*") if p.is_file()}
     result = _run("train.py", "--data-root", str(devkit), "--train", "shapes:train", "--val", "shapes:val",
                   "--pretrained", "none", "--epochs", "1", "--output-dir", str(tmp_path / "runs"), cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -112,6 +113,7 @@ def test_a_voc_folder_with_its_own_class_names_and_no_classes_txt_is_refused(sha
     assert not (tmp_path / "runs").exists()
     check = _run("-m", "yolo.data.check", str(devkit), "--no-decode")
     assert check.returncode == 2 and "which are not VOC classes" in check.stderr
+    assert {p: p.read_bytes() for p in devkit.rglob("*") if p.is_file()} == before
 
 
 def _val_copy(shapes_root, tmp_path) -> tuple[Path, list]:

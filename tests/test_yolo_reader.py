@@ -52,6 +52,7 @@ def test_every_bad_line_is_reported_with_file_and_line_and_what_loading_does(tmp
              "a b c d e",                    # 10 not numbers
              ""]
     data_yaml = yolo_fixture(tmp_path, {"x": "\n".join(lines)})
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     with caplog.at_level(logging.WARNING, logger="yolo.data.yolo_txt"):
         split = load_split(data_yaml, "train")
     found = {p.line: (p.kind, p.action) for p in split.problems}
@@ -70,6 +71,7 @@ def test_every_bad_line_is_reported_with_file_and_line_and_what_loading_does(tmp
     assert (4, "unknown class") in listed and (9, "polygon") in listed and not report["clean"]
     assert all(p["file"].endswith("x.txt") for p in report["problems"])
     assert check.main([str(data_yaml), "--no-decode"]) == 1
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before       # files only read
 
 
 def test_yaml_forms_lists_dicts_and_download_never_run(tmp_path, caplog):
