@@ -104,7 +104,7 @@ class UnreadableImages(DatasetError):
 def require_complete(split: Split, allow_partial: bool, unreadable=()) -> None:
     """Evaluation never silently scores a subset: a split that lost images (at loading, or ``unreadable`` record
     indices that failed to decode) is an error naming them, unless ``allow_partial`` (``eval.skip_unreadable``)."""
-    lost = [f"{p.where} ({p.kind})" for p in split.skipped()]
+    lost = [f"{p.where} ({p.kind}: {p.detail})" for p in split.skipped()]
     lost += [f"{split.records[i].image_path} (failed to decode)" for i in sorted(unreadable)]
     if not lost:
         return
