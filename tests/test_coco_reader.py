@@ -205,6 +205,9 @@ def test_splits_are_found_by_name_in_a_folder_and_layouts_detected(tmp_path):
     assert load_split(tmp_path / "coco", "val").spec == "val"
     with pytest.raises(DatasetError, match="no COCO JSON for split 'train' in .*instances_val.json"):
         load_split(tmp_path / "coco", "train")
+    cfg = Config()
+    cfg.data.root, cfg.data.test = str(tmp_path / "coco"), "val"
+    assert load_role(validate(cfg), "test").categories.ids == IDS     # no train JSON: scored with its own classes
     (tmp_path / "coco" / "data.yaml").write_text("names: [a]\ntrain: val\n")
     assert detect_layout(tmp_path / "coco") == "yolo" and detect_layout(tmp_path / "coco", "coco") == "coco"
     (tmp_path / "nothing").mkdir()

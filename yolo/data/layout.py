@@ -68,27 +68,34 @@ def spec_for(cfg, role: str, layout: str | None = None) -> str:
     return role if layout != "voc" and value == default else value
 
 
-def read_categories(cfg):
-    """The categories of ``cfg.data`` (the train split's file where the layout has one per split)."""
+def read_categories(cfg, spec: str | None = None):
+    """The categories of ``cfg.data``: those of the train split's file where the layout has one per split (COCO),
+    or, for a dataset without a train split (evaluation only), those of ``spec`` (default: the test split's)."""
     layout = detect_layout(cfg.data.root, cfg.data.format)
-    return READERS[layout].categories(Path(cfg.data.root), spec_for(cfg, "train", layout))
+    reader, root = READERS[layout], Path(cfg.data.root)
+    try:
+        return reader.categories(root, spec_for(cfg, "train", layout))
+    except DatasetError:
+        fallback = spec or spec_for(cfg, "test", layout)
+        if fallback == spec_for(cfg, "train", layout):
+            raise
+        return reader.categories(root, fallback)
 
 
-def open_split(root, spec: str, fmt: str = "auto", categories=None, check_image_size: bool = True) -> Split:
-    """The records of split ``spec`` of the dataset at ``root`` (``fmt``: auto or a layout name)."""
+def open_split(root, spec: str, fmt: str = "auto") -> Split:
+    """The records of split ``spec`` of the dataset at ``root`` (``fmt``: auto or a layout name), with its own
+    categories."""
     layout = detect_layout(root, fmt)
-    if categories is None:
-        categories = READERS[layout].categories(Path(root), spec)
-    return READERS[layout].load(Path(root), spec, categories, check_image_size)
+    return READERS[layout].load(Path(root), spec, READERS[layout].categories(Path(root), spec), True)
 
 
-def load_role(cfg, role: str, spec: str | None = None, categories=None) -> Split:
+def load_role(cfg, role: str, spec: str | None = None) -> Split:
     """The split of ``role`` of ``cfg.data``; ``spec`` (e.g. ``eval.py --split``) overrides it unless it is the
-    config's own value for the role (which :func:`spec_for` may map to the layout's split)."""
+    config's own value for the role (which :func:`spec_for` may map to the layout's split). Every split of a dataset
+    is read with the train split's categories (:func:`read_categories`), so labels mean the same in all."""
     layout = detect_layout(cfg.data.root, cfg.data.format)
     spec = spec if spec and spec != getattr(cfg.data, role) else spec_for(cfg, role, layout)
-    categories = categories or READERS[layout].categories(Path(cfg.data.root), spec_for(cfg, "train", layout))
-    return READERS[layout].load(Path(cfg.data.root), spec, categories, True)
+    return READERS[layout].load(Path(cfg.data.root), spec, read_categories(cfg, spec), True)
 
 
 def role_image_ids(cfg, role: str) -> list:
