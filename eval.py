@@ -70,6 +70,9 @@ def _score_checkpoint(args):
     from yolo.data.layout import spec_for
     split = args.split or spec_for(cfg, "test")
     print(f"evaluating {path} on {split}")
+    if ":" in cfg.loss.cls_loss and cfg.eval.cls_scoring == "auto":   # a user's loss: never imported to evaluate
+        print(f"note: loss.cls_loss {cfg.loss.cls_loss} is a user's loss, which eval never imports; its class scores "
+              f"are a softmax (--cls-scoring sigmoid for a per-class sigmoid loss)")
     results, _, detections = evaluate_checkpoint(ckpt, cfg, split, weights=args.weights)
     if args.save_detections:
         save_detections(detections, args.save_detections)

@@ -226,6 +226,29 @@ def test_shipped_ablation_files_reproduce_the_reference_tables():
     assert scored_twice and all(set(r.scorings) == {"default", "cls_scoring=softmax"} for r in scored_twice)
 
 
+def test_the_imbalance_ablation_files_validate_and_share_their_baseline_run():
+    """configs/ablation/shapes_objectness.yaml + shapes_longtail.yaml (issue 25): every row validates, both
+    baselines are the default config, trained once, and the protocol is the shapes_cls_loss one."""
+    imbalance = load_ablation([SHIPPED / "shapes_objectness.yaml", SHIPPED / "shapes_longtail.yaml"])
+    reference = load_ablation([SHIPPED / "shapes_cls_loss.yaml"])
+    assert imbalance.results_dir == (REPO / "docs" / "ablations" / "shapes_imbalance").resolve()
+    assert (imbalance.selection, imbalance.seeds, imbalance.buckets) == (reference.selection, reference.seeds,
+                                                                         reference.buckets)
+    variants = imbalance.variants()
+    rows = {name: (v.cfg.loss.conf_loss, v.cfg.loss.conf_target, v.cfg.loss.cls_loss) for name, v in variants.items()}
+    assert rows == {
+        "mse": ("mse", "auto", "ce"), "focal_objectness": ("focal", "auto", "ce"), "mse_iou": ("mse", "iou", "ce"),
+        "bce_iou": ("bce", "iou", "ce"), "qfl": ("qfl", "auto", "ce"), "vfl": ("vfl", "auto", "ce"),
+        "ce": ("mse", "auto", "ce"), "seesaw": ("mse", "auto", "seesaw"), "efl": ("mse", "auto", "efl"),
+        "poly1": ("mse", "auto", "poly1"), "poly1_focal": ("mse", "auto", "poly1_focal")}
+    assert [t.baseline for t in imbalance.tables] == ["mse", "ce"]
+    keys = {name: config_hash(v.cfg) for name, v in variants.items()}
+    assert keys["mse"] == keys["ce"] == config_hash(reference.variants()["ce"].cfg)   # the protocol's CE + MSE run
+    assert len(set(keys.values())) == len(keys) - 1              # every other row is a training of its own
+    for v in variants.values():
+        assert (v.cfg.train.amp, v.cfg.train.epochs, v.cfg.data.dataset) == ("bf16", 30, "shapes")
+
+
 @pytest.mark.parametrize("change,message", [
     (lambda a: a.update(seed=3), "unknown key(s) seed; allowed: base, overrides"),
     (lambda a: a["tables"][0]["rows"][0].update(lable="x"), "rows[0]: unknown key(s) lable"),

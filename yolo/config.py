@@ -76,6 +76,14 @@ class LossConfig:
     cls_weight: float = 1.0
     box_weight: float = 1.0
     cls_loss_warmup_epochs: int = 0          # train with ce for this many epochs, then switch to cls_loss
+    # added after protocol 3 (yolo.ablate.plan.HASH_NEUTRAL holds these defaults): docs/losses.md
+    conf_target: str = "auto"                # one | iou (Pr(object) x IoU) | auto: iou for qfl and vfl, else one
+    conf_iou_floor: float = 0.0              # the IoU target is at least this on positive cells
+    vfl_alpha: float = 0.75                  # for conf_loss = vfl: the weight of its negative term
+    poly_epsilon: float = 1.0                # for cls_loss = poly1 / poly1_focal
+    seesaw_p: float = 0.8                    # for cls_loss = seesaw: mitigation exponent ...
+    seesaw_q: float = 2.0                    # ... and compensation exponent
+    efl_scale: float = 8.0                   # for cls_loss = efl: gamma_j = gamma + efl_scale * (1 - g_j)
 
 
 @dataclass
@@ -226,16 +234,13 @@ def _update_section(section, name: str, values: dict, source: str):
 
 def validate(cfg: Config) -> Config:
     """Check values (choices, ranges, loss names) after all overrides were applied."""
-    from yolo.losses import BOX_LOSSES, CLS_LOSSES, CONF_LOSSES
+    from yolo.losses import check_loss_config
 
     for (section, key), allowed in CHOICES.items():
         value = getattr(getattr(cfg, section), key)
         if value not in allowed:
             raise ConfigError(f"{section}.{key}: {value!r} is not one of {', '.join(allowed)}")
-    for key, registry in (("conf_loss", CONF_LOSSES), ("cls_loss", CLS_LOSSES), ("box_loss", BOX_LOSSES)):
-        if getattr(cfg.loss, key) not in registry:
-            raise ConfigError(f"loss.{key}: unknown loss {getattr(cfg.loss, key)!r}; choose one of: "
-                              f"{', '.join(registry)}")
+    check_loss_config(cfg.loss)
     for size in [cfg.data.img_size, *cfg.data.multiscale]:
         if size <= 0 or size % 32:
             raise ConfigError(f"data.img_size / data.multiscale: {size} is not a positive multiple of 32")

@@ -102,14 +102,15 @@ def _rescale(images, boxes, size: int):
     return images, boxes * scale
 
 
-def train_step(model, images, boxes, labels, optimizer, cfg, *, cls_loss: str, scaler, amp_dtype):
-    """One optimisation step; returns (loss terms, gradient norm) as device tensors (nothing is synced)."""
+def train_step(model, images, boxes, labels, optimizer, cfg, *, cls_loss: str, scaler, amp_dtype, loss_state=None):
+    """One optimisation step; returns (loss terms, gradient norm) as device tensors (nothing is synced).
+    ``loss_state``: the running statistics of a stateful class loss (``yolo.losses.state``), updated in place."""
     image_hw = tuple(images.shape[-2:])
     grid = grid_for(image_hw, unwrap(model).strides, images.device)
     with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         preds = model(images)                                                       # (N, A, 1 + C + 4)
     targets = assign_targets(boxes, labels, grid, image_hw, cfg.model.level_thresholds)
-    terms = detection_loss(preds, targets, grid, cfg.loss, cls_loss=cls_loss)
+    terms = detection_loss(preds, targets, grid, cfg.loss, cls_loss=cls_loss, state=loss_state)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(terms["total"]).backward()
     scaler.unscale_(optimizer)
@@ -121,7 +122,7 @@ def train_step(model, images, boxes, labels, optimizer, cfg, *, cls_loss: str, s
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, cfg, epoch: int, *, device, scaler, amp_dtype=None,
-                    ema=None, writer=None, progress=None, stop=None, start_step: int = 0) -> dict:
+                    ema=None, writer=None, progress=None, stop=None, start_step: int = 0, loss_state=None) -> dict:
     """Train for one epoch (from batch ``start_step`` when resuming mid-epoch).
 
     ``stop`` is an object whose ``requested`` attribute a signal handler sets: the epoch then ends after the
@@ -141,7 +142,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, cfg, epoch: int, *, dev
             size = random.Random(cfg.train.seed * 1_000_003 + global_step).choice(cfg.data.multiscale)
             images, boxes = _rescale(images, boxes, size)
         terms, grad_norm = train_step(model, images, boxes, labels, optimizer, cfg, cls_loss=cls_loss,
-                                      scaler=scaler, amp_dtype=amp_dtype)
+                                      scaler=scaler, amp_dtype=amp_dtype, loss_state=loss_state)
         scheduler.step()
         if ema is not None:
             ema.update()
@@ -267,8 +268,9 @@ def sigmoid_scoring(cfg, epoch: int) -> bool:
     """Whether class scores at inference are per-class sigmoids (else a softmax over classes).
 
     ``eval.cls_scoring``: ``auto`` matches the classification loss the head was trained with in ``epoch``
-    (sigmoid for ``sigmoid_focal``, softmax for the others); ``softmax`` / ``sigmoid`` force one, e.g. to score a
-    sigmoid-focal head the way the reference code base decodes every head, softmax(class) x sigmoid(object).
+    (sigmoid for ``SIGMOID_CLS_LOSSES``, softmax for the others and for a user's own loss, which is never imported
+    here); ``softmax`` / ``sigmoid`` force one, e.g. to score a sigmoid-focal head the way the reference code base
+    decodes every head, softmax(class) x sigmoid(object).
     """
     if cfg.eval.cls_scoring == "auto":
         return cls_loss_for_epoch(cfg, epoch) in SIGMOID_CLS_LOSSES

@@ -24,6 +24,7 @@ from yolo.data.layout import load_role, read_categories, require_complete
 from yolo.data.record import DatasetError
 from yolo.engine import ModelEMA, evaluate, sigmoid_scoring, train_one_epoch
 from yolo.hardware import autocast_dtype, log_precision
+from yolo.losses import check_user_losses, init_loss_state, load_loss_state
 from yolo.model import build_model
 
 logger = logging.getLogger(__name__)
@@ -217,6 +218,7 @@ def _setup(cfg, resume, device, rank, world_size) -> tuple[dict, dict]:
     seed_everything(cfg.train.seed + rank)
     root, classes = prepare_data(cfg)
     ckpt = _resume_checkpoint(resume, cfg, classes) if resume else None
+    check_user_losses(cfg.loss, len(classes))       # imports the module a config names; checks it on random logits
     train_loader, val_loader = build_loaders(cfg, root, classes, rank, world_size, device)
     model = build_model(cfg.model, len(classes)).to(device)
     if cfg.train.channels_last:
@@ -229,7 +231,8 @@ def _setup(cfg, resume, device, rank, world_size) -> tuple[dict, dict]:
     parts = dict(model=model, optimizer=optimizer, cfg=cfg, classes=classes, steps_per_epoch=steps_per_epoch,
                  scheduler=scheduler, scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
                  ema=ModelEMA(model, cfg.train.ema_decay, cfg.train.ema_ramp_steps) if cfg.train.ema else None,
-                 train_loader=train_loader, val_loader=val_loader, amp_dtype=amp_dtype)
+                 train_loader=train_loader, val_loader=val_loader, amp_dtype=amp_dtype,
+                 loss_state=init_loss_state(cfg.loss.cls_loss, len(classes), device))
     state = {"epoch": 0, "step_in_epoch": 0, "best": -1.0, "metrics": None, "history": [], "train_s": 0.0,
              "precision": precision}
     if ckpt is not None:
@@ -291,7 +294,8 @@ def _epochs(train_model, parts, state, device, writer, stop, progress):
         try:
             out = train_one_epoch(train_model, train_loader, parts["optimizer"], parts["scheduler"], cfg, epoch,
                                   device=device, scaler=parts["scaler"], amp_dtype=amp_dtype, ema=parts["ema"],
-                                  writer=writer, progress=bar, stop=stop, start_step=start_step)
+                                  writer=writer, progress=bar, stop=stop, start_step=start_step,
+                                  loss_state=parts["loss_state"])
         finally:
             if bar is not None:
                 bar.close()
@@ -352,13 +356,15 @@ def _save(parts, state, name):
         "config": parts["cfg"].to_dict(),
         "classes": list(parts["classes"]),
         "rng": rng_state(),
+        "loss_state": parts["loss_state"],       # the statistics of a stateful class loss, {} for the others
         **state,
     }
     atomic_save(ckpt, parts["cfg"].run_dir / name)
 
 
 def _restore(ckpt, path, parts) -> dict:
-    """Load the weights, optimiser, schedule, scaler, EMA and RNG states of ``ckpt``; returns the loop state."""
+    """Load the weights, optimiser, schedule, scaler, EMA, RNG and loss states of ``ckpt``; returns the loop
+    state."""
     try:
         parts["model"].load_state_dict(ckpt["model"])
         parts["optimizer"].load_state_dict(ckpt["optimizer"])
@@ -367,6 +373,7 @@ def _restore(ckpt, path, parts) -> dict:
         if parts["ema"] is not None:
             parts["ema"].load_state_dict(ckpt["ema"])
         set_rng_state(ckpt["rng"])
+        load_loss_state(parts["loss_state"], ckpt.get("loss_state", {}))   # checkpoints before it: no statistics
         return {k: ckpt[k] for k in ("epoch", "step_in_epoch", "best", "metrics", "history", "train_s",
                                      "precision")}
     except (KeyError, TypeError, RuntimeError, ValueError) as exc:  # a file that passed the safe load, but not ours

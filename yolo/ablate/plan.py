@@ -29,8 +29,11 @@ UNHASHED_KEYS = (("name",), ("output_dir",), ("logdir",), ("data", "root"), ("da
                  ("train", "device"), ("train", "channels_last"), ("train", "compile"), ("train", "log_every"),
                  ("train", "seed"))
 # Fields added after PROTOCOL_VERSION was fixed: {(section, field): the value that reproduces the protocol}.
-HASH_NEUTRAL: dict[tuple, object] = {("data", "format"): "auto", ("data", "drop_background"): False,
-                                     ("eval", "skip_unreadable"): False}
+HASH_NEUTRAL: dict[tuple, object] = {
+    ("loss", "conf_target"): "auto", ("loss", "conf_iou_floor"): 0.0, ("loss", "vfl_alpha"): 0.75,
+    ("loss", "poly_epsilon"): 1.0, ("loss", "seesaw_p"): 0.8, ("loss", "seesaw_q"): 2.0, ("loss", "efl_scale"): 8.0,
+    ("data", "format"): "auto", ("data", "drop_background"): False, ("eval", "skip_unreadable"): False,
+}
 
 
 @dataclasses.dataclass
@@ -50,7 +53,11 @@ class Run:
 
 
 def hashed_config(cfg: Config) -> dict:
-    """The config as hashed: minus ``UNHASHED_KEYS``, and minus ``HASH_NEUTRAL`` fields at their neutral value."""
+    """The config as hashed: minus ``UNHASHED_KEYS``, and minus ``HASH_NEUTRAL`` fields at their neutral value.
+
+    A loss named ``module:function`` adds ``user_code``: the sha256 of that module's source file, so editing the
+    user's loss trains again; configs of built-in losses have no such entry (their keys are unchanged)."""
+    from yolo.losses.user import source_sha256, user_losses    # torch-heavy, as prepare_data below
     values = cfg.to_dict()
     for keys in UNHASHED_KEYS:
         (values if len(keys) == 1 else values[keys[0]]).pop(keys[-1])
@@ -58,6 +65,9 @@ def hashed_config(cfg: Config) -> dict:
         section = values if len(keys) == 1 else values[keys[0]]
         if section.get(keys[-1]) == neutral:
             section.pop(keys[-1])
+    user_code = {f"loss.{key}": source_sha256(name, key) for key, name in user_losses(cfg.loss).items()}
+    if user_code:
+        values["user_code"] = user_code
     return values
 
 
