@@ -24,7 +24,7 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     dataset: str = "voc"                     # voc | shapes (the synthetic set, generated on first use)
-    root: str = "data/VOCdevkit"             # devkit root holding VOC2007/, VOC2012/ (or VOCshapes/)
+    root: str = "data/VOCdevkit"             # a VOC devkit, a COCO JSON (or its folder), a YOLO data.yaml
     train: str = "2007:trainval+2012:trainval"
     val: str = "2007:test"                   # evaluated during training (monitoring and best.pt)
     test: str = "2007:test"                  # what eval.py scores by default
@@ -43,6 +43,8 @@ class DataConfig:
     shapes_val: int = 500
     shapes_test: int = 500
     shapes_size: int = 160
+    format: str = "auto"                     # auto (from data.root) | voc | coco | yolo: the layout read
+    drop_background: bool = False            # leave training images without any annotation out
 
 
 @dataclass
@@ -117,6 +119,7 @@ class EvalConfig:
     pre_nms_topk: int = 1000
     coco_backend: str = "pycocotools"        # pycocotools | faster
     cls_scoring: str = "auto"                # class scores at inference: auto (match the loss) | softmax | sigmoid
+    skip_unreadable: bool = False            # score the rest of a split with unreadable images (else an error)
 
 
 @dataclass
@@ -142,6 +145,7 @@ SECTIONS = ("data", "model", "loss", "train", "eval")
 CHOICES = {
     ("data", "dataset"): ("voc", "shapes"),
     ("data", "eval_resize"): ("stretch", "letterbox"),
+    ("data", "format"): ("auto", "voc", "coco", "yolo"),
     ("model", "neck"): ("fpn", "spp"),
     ("train", "optimizer"): ("sgd", "adamw"),
     ("train", "scheduler"): ("step", "cosine"),

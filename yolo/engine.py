@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from yolo.data.layout import require_complete
 from yolo.data.transforms import to_original
 from yolo.decode import decode
 from yolo.distributed import gather_objects
@@ -210,20 +211,22 @@ def predict(model, images, cfg, *, sigmoid_cls: bool, amp_dtype=None) -> list[di
     return decode(preds, grid, sigmoid_cls, e.conf_thresh, e.nms_iou, e.max_det, e.pre_nms_topk)
 
 
-def to_detection_records(dets: dict, meta: dict) -> list[dict]:
-    """One image's detections in the external JSON format: original-image annotation coordinates (see
-    ``yolo.boxes``), ``bbox`` = [x, y, w, h] with x1 = x, x2 = x + w, 1-based ``category_id``."""
+def to_detection_records(dets: dict, meta: dict, category_ids) -> list[dict]:
+    """One image's detections in the external JSON format (``yolo.metrics``): original-image pixel edges,
+    ``bbox`` = [x, y, w, h] with x1 = x, x2 = x + w, the dataset's image and ``category_ids``."""
     boxes = to_original(dets["boxes_xyxy"].float().cpu(), meta["scale"], meta["pad"], meta["orig_size"])
     return detections_from_xyxy(meta["image_id"], boxes.numpy(), dets["scores"].float().cpu().numpy(),
-                                dets["labels"].cpu().numpy())
+                                dets["labels"].cpu().numpy(), category_ids)
 
 
-def run_inference(model, loader, cfg, *, device, sigmoid_cls: bool, amp_dtype=None, on_batch=None) -> list[dict]:
-    """Detections of every image of ``loader`` on every rank (duplicates of padded shards removed).
+def run_inference(model, loader, cfg, *, device, sigmoid_cls: bool, amp_dtype=None, on_batch=None):
+    """``(detections, unreadable)`` of every image of ``loader`` on every rank (duplicates of padded shards
+    removed): the detections list, and the record indices whose image could not be read (no detections).
 
     ``on_batch(images, targets, dets)`` sees each batch (used to draw a few images for TensorBoard).
     """
     model.eval()
+    category_ids = loader.dataset.split.categories.ids
     per_image = {}
     for images, targets in loader:
         images = images.to(device, non_blocking=True)
@@ -233,25 +236,29 @@ def run_inference(model, loader, cfg, *, device, sigmoid_cls: bool, amp_dtype=No
         if on_batch is not None:
             on_batch(images, targets, dets)
         for det, meta in zip(dets, targets["meta"]):
-            per_image[meta["index"]] = to_detection_records(det, meta)
+            per_image[meta["index"]] = to_detection_records(det, meta, category_ids) if meta["readable"] else None
     merged = {}
     for part in gather_objects(per_image):
         merged.update(part)
-    return [d for index in sorted(merged) for d in merged[index]]
+    unreadable = [index for index in sorted(merged) if merged[index] is None]
+    return [d for index in sorted(merged) if merged[index] is not None for d in merged[index]], unreadable
 
 
-def evaluate(model, loader, classes, cfg, *, device, sigmoid_cls: bool, amp_dtype=None, on_batch=None):
+def evaluate(model, loader, cfg, *, device, sigmoid_cls: bool, amp_dtype=None, on_batch=None):
     """Score a model on the split of ``loader``: returns (metrics dict, PR curves, detections list).
 
     Metrics: VOC07 11-point and all-point mAP@0.5 and COCO-style AP via ``yolo.metrics.evaluate_detections``
-    (on every rank; rank 0 reports them).
+    on ``loader.dataset.split`` (on every rank; rank 0 reports them). An image that fails to decode is an error
+    (``UnreadableImages``) unless ``eval.skip_unreadable``, which scores the others.
     """
     tic = time.perf_counter()
-    detections = run_inference(model, loader, cfg, device=device, sigmoid_cls=sigmoid_cls, amp_dtype=amp_dtype,
-                               on_batch=on_batch)
+    detections, unreadable = run_inference(model, loader, cfg, device=device, sigmoid_cls=sigmoid_cls,
+                                           amp_dtype=amp_dtype, on_batch=on_batch)
     inference_s = time.perf_counter() - tic
-    results, pr_curves = evaluate_detections(loader.dataset.records, detections, classes,
-                                             coco_backend=cfg.eval.coco_backend)
+    split = loader.dataset.split
+    require_complete(split, cfg.eval.skip_unreadable, unreadable)
+    results, pr_curves = evaluate_detections(split, detections, coco_backend=cfg.eval.coco_backend,
+                                             unreadable=unreadable)
     logger.info("evaluated %d images in %.1f s (inference %.1f s)", len(loader.dataset.records),
                 time.perf_counter() - tic, inference_s)
     return results, pr_curves, detections

@@ -19,7 +19,9 @@ from yolo.config import check_resume, from_dict, save_yaml
 from yolo.data.loader import build_loader, resolve_workers
 from yolo.data.shapes import ensure_shapes
 from yolo.data.transforms import SSD_MIN_IOUS, eval_transform, train_transform
-from yolo.data.voc import DatasetError, VOCDataset, load_records, read_classes
+from yolo.data.dataset import DetectionDataset
+from yolo.data.layout import load_role, read_categories, require_complete
+from yolo.data.record import DatasetError
 from yolo.engine import ModelEMA, evaluate, sigmoid_scoring, train_one_epoch
 from yolo.hardware import autocast_dtype, log_precision
 from yolo.losses import check_user_losses, init_loss_state, load_loss_state
@@ -29,9 +31,10 @@ logger = logging.getLogger(__name__)
 
 HISTORY_KEYS = ("voc07_map50", "voc_map50", "coco_ap", "coco_ap50")   # the val curve kept with a run
 
-NO_DATA_HELP = """no PASCAL VOC data at {root}.
-  * Download it (about 2.8 GB):   python data/download_voc.py --root data/
-    (then data/VOCdevkit/VOC2007 and VOC2012 exist; or point --root at your own devkit folder)
+NO_DATA_HELP = """no dataset at {root}.
+  * PASCAL VOC: download it (about 2.8 GB):   python data/download_voc.py --root data/
+    (then data/VOCdevkit/VOC2007 and VOC2012 exist)
+  * Your own data: --data-root a VOC devkit, a COCO JSON or a YOLO data.yaml (README, "Your own data")
   * Or train on the embedded synthetic dataset, generated on first use (no download):
         python train.py --config configs/shapes.yaml"""
 
@@ -66,7 +69,8 @@ class StopRequest:
 
 
 def prepare_data(cfg) -> tuple[Path, tuple]:
-    """The devkit root and class list of ``cfg.data``; the synthetic set is generated on first use."""
+    """The dataset root and class names of ``cfg.data`` (any layout, see ``yolo.data.layout``); the synthetic set is
+    generated on first use."""
     root = Path(cfg.data.root)
     if cfg.data.dataset == "shapes":
         d = cfg.data
@@ -74,9 +78,9 @@ def prepare_data(cfg) -> tuple[Path, tuple]:
             ensure_shapes(root.parent, seed=d.shapes_seed, num_train=d.shapes_train, num_val=d.shapes_val,
                           num_test=d.shapes_test, image_size=d.shapes_size)
         distributed.barrier()
-    elif not root.is_dir():
+    elif not root.exists():
         raise DatasetError(NO_DATA_HELP.format(root=root))
-    return root, read_classes(root)
+    return root, read_categories(cfg).names
 
 
 def build_loaders(cfg, root, classes, rank: int, world_size: int, device: torch.device):
@@ -88,13 +92,33 @@ def build_loaders(cfg, root, classes, rank: int, world_size: int, device: torch.
     augment = train_transform(d.img_size, zoom_out_max=d.zoom_out_max, zoom_out_p=d.zoom_out_p,
                               min_ious=SSD_MIN_IOUS if d.min_iou_crop else (),
                               photometric_p=d.photometric_p, hflip_p=d.hflip_p)
-    train_set = VOCDataset(load_records(root, d.train, classes), augment, keep_difficult=d.train_difficult)
-    val_set = VOCDataset(load_records(root, cfg.data.val, classes),
-                         eval_transform(cfg.data.img_size, cfg.data.eval_resize), keep_difficult=True)
+    train_set = DetectionDataset(training_records(cfg), augment, keep_difficult=d.train_difficult)
+    val_set = evaluation_dataset(cfg, load_role(cfg, "val"))
     common = dict(num_workers=resolve_workers(cfg.data.workers, device), seed=cfg.train.seed, rank=rank,
                   world_size=world_size)
     return (build_loader(train_set, per_process, train=True, **common),
             build_loader(val_set, per_process, train=False, **common))
+
+
+def training_records(cfg) -> list:
+    """The records of ``data.train``, without images that have no annotation when ``data.drop_background``."""
+    records = load_role(cfg, "train").records
+    if cfg.data.drop_background:
+        kept = [r for r in records if len(r.labels)]
+        logger.info("data.drop_background: %d of %d training images have no annotation and are left out",
+                    len(records) - len(kept), len(records))
+        if not kept:
+            raise DatasetError(f"every training image of {cfg.data.root} is background: nothing to train on")
+        records = kept
+    return records
+
+
+def evaluation_dataset(cfg, split) -> DetectionDataset:
+    """The dataset scoring a split: refused when it lost images, unless ``eval.skip_unreadable``
+    (``yolo.data.layout.require_complete``); unreadable images are reported, never substituted."""
+    require_complete(split, cfg.eval.skip_unreadable)
+    return DetectionDataset.of_split(split, eval_transform(cfg.data.img_size, cfg.data.eval_resize),
+                                     keep_difficult=True, substitute=False)
 
 
 def build_optimizer(model, tcfg) -> torch.optim.Optimizer:
@@ -307,7 +331,7 @@ def _evaluate(parts, val_loader, epoch, step, device, amp_dtype, writer) -> dict
     cfg = parts["cfg"]
     eval_model = parts["ema"].module if parts["ema"] is not None else parts["model"]
     drawn, on_batch = image_collector(parts["classes"])
-    results, pr_curves, _ = evaluate(eval_model, val_loader, parts["classes"], cfg, device=device,
+    results, pr_curves, _ = evaluate(eval_model, val_loader, cfg, device=device,
                                      sigmoid_cls=sigmoid_scoring(cfg, epoch),
                                      amp_dtype=amp_dtype, on_batch=on_batch if writer is not None else None)
     if distributed.is_main():
@@ -398,18 +422,18 @@ def _no_download(model_cfg):
     return dataclasses.replace(model_cfg, pretrained="none")
 
 
-def evaluate_checkpoint(ckpt: dict, cfg, split: str, weights: str = "auto"):
-    """Score a checkpoint on ``split`` of ``cfg.data.root``: returns (results, pr_curves, detections)."""
+def evaluate_checkpoint(ckpt: dict, cfg, split: str | None = None, weights: str = "auto"):
+    """Score a checkpoint on ``split`` (a spec; default the test role, see ``yolo.data.layout.load_role``) of
+    ``cfg.data``: returns (results, pr_curves, detections)."""
     device = distributed.local_device(cfg.train.device)
     root, classes = prepare_data(cfg)
     if tuple(classes) != tuple(ckpt["classes"]):
         raise ValueError(f"the dataset at {root} has classes {list(classes)[:4]}..., the checkpoint was trained "
                          f"on {ckpt['classes'][:4]}...")
-    transform = eval_transform(cfg.data.img_size, cfg.data.eval_resize)
-    dataset = VOCDataset(load_records(root, split, classes), transform, keep_difficult=True)
+    dataset = evaluation_dataset(cfg, load_role(cfg, "test", split))
     loader = build_loader(dataset, cfg.train.batch_size, train=False,
                           num_workers=resolve_workers(cfg.data.workers, device), seed=cfg.train.seed)
     model = model_from_checkpoint(ckpt, cfg, device, weights)
     trained_epoch = max(ckpt.get("epoch", 1) - 1, 0)  # the head was last trained with this epoch's loss
-    return evaluate(model, loader, classes, cfg, device=device, sigmoid_cls=sigmoid_scoring(cfg, trained_epoch),
+    return evaluate(model, loader, cfg, device=device, sigmoid_cls=sigmoid_scoring(cfg, trained_epoch),
                     amp_dtype=autocast_dtype(cfg.train.amp, device))

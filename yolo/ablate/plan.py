@@ -20,7 +20,6 @@ from pathlib import Path
 
 from yolo.ablate.spec import Ablation
 from yolo.config import Config
-from yolo.data.voc import list_annotations
 
 PROTOCOL_VERSION = 3   # 3: the heads' prediction convolutions run in fp32 under autocast; the key holds the data
 # Fields that do not change what a run learns or how it is scored: left out of the config hash, so moving the
@@ -33,6 +32,7 @@ UNHASHED_KEYS = (("name",), ("output_dir",), ("logdir",), ("data", "root"), ("da
 HASH_NEUTRAL: dict[tuple, object] = {
     ("loss", "conf_target"): "auto", ("loss", "conf_iou_floor"): 0.0, ("loss", "vfl_alpha"): 0.75,
     ("loss", "poly_epsilon"): 1.0, ("loss", "seesaw_p"): 0.8, ("loss", "seesaw_q"): 2.0, ("loss", "efl_scale"): 8.0,
+    ("data", "format"): "auto", ("data", "drop_background"): False, ("eval", "skip_unreadable"): False,
 }
 
 
@@ -81,12 +81,14 @@ def data_fingerprint(cfg: Config) -> str:
     """sha256 (hex) of the class list and of the image ids of the train, val and test splits of ``cfg.data``.
 
     Where the data lives is not in it (moving a dataset keeps its results); which images and classes it holds is.
-    The synthetic shapes set is generated here if it is missing, as the first run would.
+    The ids are each layout's own (``yolo.data.layout``): ``<VOC folder name>/<image id>`` for a VOC devkit (the
+    shapes set included), the JSON's image ids for COCO, file stems for YOLO. The synthetic shapes set is generated
+    here if it is missing, as the first run would.
     """
+    from yolo.data.layout import role_image_ids
     from yolo.fit import prepare_data          # torch-heavy: imported when a plan is made, not with this module
-    root, classes = prepare_data(cfg)
-    splits = {part: [f"{folder.name}/{image_id}" for folder, image_id in list_annotations(root, spec)]
-              for part, spec in (("train", cfg.data.train), ("val", cfg.data.val), ("test", cfg.data.test))}
+    _, classes = prepare_data(cfg)
+    splits = {role: role_image_ids(cfg, role) for role in ("train", "val", "test")}
     return hashlib.sha256(json.dumps({"classes": list(classes), "splits": splits}).encode()).hexdigest()
 
 
