@@ -39,7 +39,7 @@ from yolo.data.images import header_size_problem
 from yolo.data.record import (ACTION_CLIP_BOX, ACTION_DEFAULTED, ACTION_DROP_OBJECT, ACTION_KEPT, ACTION_SKIP_IMAGE,
                               KIND_DEGENERATE_BOX, KIND_MALFORMED_OBJECT, KIND_MISSING_FIELD, KIND_MISSING_IMAGE,
                               KIND_OUTSIDE_BOX, KIND_UNKNOWN_CLASS, KIND_UNUSED_CATEGORY, Categories, DatasetError,
-                              Problem, Split, make_record, summarize_problems)
+                              Problem, Split, make_record, report_split)
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def load_split(root, spec: str, categories: Categories | None = None, check_imag
     records = [record for record, _ in built if record is not None]
     problems += [p for _, found_problems in built for p in found_problems]
     problems += _unused_categories(path, found, data["annotations"])
-    _log_summary(path, spec, records, len(images), problems)
+    report_split(path, spec, records, len(images), problems, check=f"python -m yolo.data.check {path}")
     federated = any("neg_category_ids" in image or "not_exhaustive_category_ids" in image for image in images)
     if federated and found.frequency is None:
         raise DatasetError(f"{path}: its images list LVIS's neg / not-exhaustive category ids, but not every "
@@ -306,17 +306,6 @@ def _unused_categories(path, categories: Categories, annotations: list) -> list:
         return []
     return [Problem(path, KIND_UNUSED_CATEGORY, f"{len(unused)} of {len(categories.ids)} categories have no "
                     f"annotation: {', '.join(unused[:6])}{' ...' if len(unused) > 6 else ''}", ACTION_KEPT)]
-
-
-def _log_summary(path, spec, records, listed: int, problems: list):
-    if problems:
-        skipped = sum(p.action == ACTION_SKIP_IMAGE for p in problems)
-        logger.warning("%s: loaded %d of %d images of %s; %d problems (%d images skipped):\n%s", path, len(records),
-                       listed, spec, len(problems), skipped, summarize_problems(problems))
-    if not records:
-        raise DatasetError(f"none of the {listed} images of {path} is usable ({len(problems)} problems: "
-                           f"python -m yolo.data.check {path} lists them)")
-    logger.info("%s: %d images, %d objects", path, len(records), sum(len(r.labels) for r in records))
 
 
 # ----------------------------------------------------------------------------- writing COCO ground truth

@@ -6,6 +6,7 @@ buckets and the audit read only these. Coordinates are the model's (see ``yolo.b
 the image spans ``[0, W] x [0, H]``, a box is ``x2 - x1`` pixels wide. VOC's 1-based inclusive corners stay inside
 the VOC reader and the devkit-exact VOC metric.
 """
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from yolo.config import ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 class DatasetError(ConfigError):
@@ -148,6 +151,19 @@ def summarize_problems(problems, limit: int = 5) -> str:
         more = f"; and {len(items) - limit} more" if len(items) > limit else ""
         lines.append(f"  {kind}: {len(items)} ({action}): {shown}{more}")
     return "\n".join(lines)
+
+
+def report_split(source, spec: str, records, listed: int, problems, check: str) -> None:
+    """Log what loading ``listed`` images of split ``spec`` of ``source`` gave (``records``, ``problems``); a split
+    of which no image is usable is a ``DatasetError`` naming ``check``, the command that lists the problems."""
+    if problems:
+        skipped = sum(p.action == ACTION_SKIP_IMAGE for p in problems)
+        logger.warning("%s: loaded %d of %d images of %s; %d problems (%d images skipped):\n%s", source,
+                       len(records), listed, spec, len(problems), skipped, summarize_problems(problems))
+    if not records:
+        raise DatasetError(f"none of the {listed} images of {spec} of {source} is usable ({len(problems)} "
+                           f"problems: {check} lists them)")
+    logger.info("%s %s: %d images, %d objects", source, spec, len(records), sum(len(r.labels) for r in records))
 
 
 def _short(problem: Problem) -> str:

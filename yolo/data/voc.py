@@ -37,7 +37,7 @@ from yolo.data.images import read_image_size
 from yolo.data.record import (ACTION_CLIP_BOX, ACTION_DROP_OBJECT, ACTION_SKIP_IMAGE, KIND_DEGENERATE_BOX,
                               KIND_MALFORMED_OBJECT, KIND_MALFORMED_XML, KIND_MISSING_ANNOTATION, KIND_MISSING_IMAGE,
                               KIND_OUTSIDE_BOX, KIND_SIZE_MISMATCH, KIND_UNKNOWN_CLASS, KIND_UNREADABLE_IMAGE,
-                              Categories, DatasetError, Problem, Record, Split, describe_folder, summarize_problems)
+                              Categories, DatasetError, Problem, Record, Split, describe_folder, report_split)
 
 logger = logging.getLogger(__name__)
 
@@ -258,15 +258,8 @@ def load_split(root, spec: str, categories: Categories | None = None, check_imag
     records, problems = parse_annotations(jobs, categories.names, check_image_size)
     if not (devkit / "classes.txt").is_file() and any(p.kind == KIND_UNKNOWN_CLASS for p in problems):
         raise DatasetError(undeclared_classes_message(devkit, jobs))
-    if problems:
-        skipped = sum(p.action == ACTION_SKIP_IMAGE for p in problems)
-        logger.warning("%s: loaded %d of %d images of %s; %d problems (%d images skipped):\n%s", devkit,
-                       len(records), len(jobs), spec, len(problems), skipped, summarize_problems(problems))
-    if not records:
-        raise DatasetError(f"none of the {len(jobs)} images of {spec} under {root} is usable ({len(problems)} "
-                           f"problems: python -m yolo.data.check {root} --split {spec} lists them)")
-    logger.info("%s %s: %d images, %d objects", devkit, spec, len(records),
-                sum(len(r.labels) for r in records))
+    report_split(devkit, spec, records, len(jobs), problems,
+                 check=f"python -m yolo.data.check {root} --split {spec}")
     return Split("voc", spec, devkit, records, categories, [i for _, i in jobs], problems)
 
 

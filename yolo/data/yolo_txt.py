@@ -25,7 +25,7 @@ from yolo.data.images import header_size_problem
 from yolo.data.record import (ACTION_CLIP_BOX, ACTION_DROP_OBJECT, ACTION_SKIP_IMAGE,
                               KIND_DEGENERATE_BOX, KIND_DUPLICATE_LINE, KIND_MALFORMED_OBJECT, KIND_OUTSIDE_BOX,
                               KIND_POLYGON, KIND_UNKNOWN_CLASS, Categories, DatasetError, Problem, Split,
-                              describe_folder, make_record, summarize_problems)
+                              describe_folder, make_record, report_split)
 
 logger = logging.getLogger(__name__)
 
@@ -144,14 +144,8 @@ def load_split(root, spec: str, categories: Categories | None = None, check_imag
     records = [record for record, _ in built if record is not None]
     problems = [p for _, found in built for p in found]
     source = yaml_path(root)
-    if problems:
-        skipped = sum(p.action == ACTION_SKIP_IMAGE for p in problems)
-        logger.warning("%s: loaded %d of %d images of %s; %d problems (%d images skipped):\n%s", source,
-                       len(records), len(images), spec, len(problems), skipped, summarize_problems(problems))
-    if not records:
-        raise DatasetError(f"none of the {len(images)} images of split {spec!r} of {source} is usable "
-                           f"({len(problems)} problems: python -m yolo.data.check {source} --split {spec} lists them)")
-    logger.info("%s %s: %d images, %d objects", source, spec, len(records), sum(len(r.labels) for r in records))
+    report_split(source, spec, records, len(images), problems,
+                 check=f"python -m yolo.data.check {source} --split {spec}")
     return Split("yolo", spec, source, records, categories, [image.stem for image in images], problems)
 
 
