@@ -17,6 +17,18 @@ TINY = {
 }
 
 
+@pytest.fixture(scope="session")
+def autotune_cache_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("xdg-cache")
+
+
+@pytest.fixture(autouse=True)
+def _autotune_cache_in_tmp(autotune_cache_home, monkeypatch):
+    """``yolo.autotune`` caches its decisions under $XDG_CACHE_HOME: the tests' own folder (shared by the tests of
+    a session, and by the processes they start), never the user's."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(autotune_cache_home))
+
+
 def shared_path(*parts) -> Path:
     """A path under ../shared, or skip the test with the reason (a user's clone has no ../shared)."""
     path = SHARED.joinpath(*parts)

@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from yolo.data.transforms import to_original
 from yolo.decode import decode
-from yolo.distributed import gather_objects
+from yolo.distributed import broadcast_object, gather_to_main
 from yolo.losses import SIGMOID_CLS_LOSSES, detection_loss
 from yolo.metrics import detections_from_xyxy, evaluate_detections
 from yolo.targets import assign_targets, make_grid
@@ -57,10 +57,14 @@ class ModelEMA:
 
 
 def unwrap(model):
-    """The plain module behind DDP and torch.compile wrappers."""
-    if isinstance(model, DistributedDataParallel):
-        model = model.module
-    return getattr(model, "_orig_mod", model)
+    """The plain module behind DDP and torch.compile wrappers, in either order."""
+    while True:
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
 
 
 @functools.lru_cache(maxsize=16)
@@ -120,22 +124,25 @@ def train_step(model, images, boxes, labels, optimizer, cfg, *, cls_loss: str, s
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, cfg, epoch: int, *, device, scaler, amp_dtype=None,
-                    ema=None, writer=None, progress=None, stop=None, start_step: int = 0) -> dict:
-    """Train for one epoch (from batch ``start_step`` when resuming mid-epoch).
+                    channels_last: bool = False, ema=None, writer=None, progress=None, stop=None,
+                    start_step: int = 0, max_steps: int | None = None) -> dict:
+    """Train for one epoch (from batch ``start_step`` when resuming mid-epoch; at most ``max_steps`` steps).
 
-    ``stop`` is an object whose ``requested`` attribute a signal handler sets: the epoch then ends after the
-    current step so that the caller can save a checkpoint. Raises ``NonFiniteLoss``.
-    Returns ``{"terms": {name: mean}, "steps": steps done, "images", "seconds", "interrupted": bool}``.
+    ``stop`` (a ``yolo.stop.StopVote``) is asked after each step whether every rank stops: the epoch then ends so
+    that the caller can save a checkpoint. Raises ``NonFiniteLoss``.
+    Returns ``{"terms": {name: mean}, "steps": steps done, "images", "seconds", "interrupted": bool}``
+    (``steps`` counts from the start of the epoch; ``interrupted``: stopped by ``stop`` before the epoch's end).
     """
     model.train()
     cls_loss = cls_loss_for_epoch(cfg, epoch)
     steps_per_epoch = len(loader) + start_step
+    last_step = steps_per_epoch if max_steps is None else min(steps_per_epoch, start_step + max_steps)
     window = _Window()   # the current logging interval
     total = _Window()    # the whole epoch
     step, stopping = start_step - 1, False
     for step, (images, targets) in enumerate(loader, start=start_step):
         global_step = epoch * steps_per_epoch + step
-        images, boxes, labels = batch_to_device(images, targets, device, cfg.train.channels_last)
+        images, boxes, labels = batch_to_device(images, targets, device, channels_last)
         if cfg.data.multiscale:
             size = random.Random(cfg.train.seed * 1_000_003 + global_step).choice(cfg.data.multiscale)
             images, boxes = _rescale(images, boxes, size)
@@ -146,14 +153,14 @@ def train_one_epoch(model, loader, optimizer, scheduler, cfg, epoch: int, *, dev
             ema.update()
         window.add(torch.stack([t.detach() for t in terms.values()] + [grad_norm.detach().float()]),
                    images.shape[0])
-        stopping = stop is not None and stop.requested
-        if window.count == cfg.train.log_every or step + 1 == steps_per_epoch or stopping:
+        stopping = stop is not None and stop.after_step(terms, epoch, step)
+        if window.count == cfg.train.log_every or step + 1 in (steps_per_epoch, last_step) or stopping:
             _check_and_log(window, list(terms), epoch, step, global_step, optimizer, writer, progress)
             total.merge(window)
             window = _Window()
         if progress is not None:
             progress.update(1)
-        if stopping:
+        if stopping or step + 1 == last_step:
             break
     names = list(terms) if total.count else []
     means = (total.sums / total.count).tolist() if total.count else []
@@ -217,8 +224,10 @@ def to_detection_records(dets: dict, meta: dict) -> list[dict]:
                                 dets["labels"].cpu().numpy())
 
 
-def run_inference(model, loader, cfg, *, device, sigmoid_cls: bool, amp_dtype=None, on_batch=None) -> list[dict]:
-    """Detections of every image of ``loader`` on every rank (duplicates of padded shards removed).
+def run_inference(model, loader, cfg, *, device, sigmoid_cls: bool, amp_dtype=None, channels_last: bool = False,
+                  on_batch=None) -> list[dict] | None:
+    """Detections of every image of ``loader``, each image once (the duplicates that pad the last rank's shard
+    removed), gathered on rank 0; None on the other ranks.
 
     ``on_batch(images, targets, dets)`` sees each batch (used to draw a few images for TensorBoard).
     """
@@ -226,34 +235,41 @@ def run_inference(model, loader, cfg, *, device, sigmoid_cls: bool, amp_dtype=No
     per_image = {}
     for images, targets in loader:
         images = images.to(device, non_blocking=True)
-        if cfg.train.channels_last:
+        if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         dets = predict(model, images, cfg, sigmoid_cls=sigmoid_cls, amp_dtype=amp_dtype)
         if on_batch is not None:
             on_batch(images, targets, dets)
         for det, meta in zip(dets, targets["meta"]):
             per_image[meta["index"]] = to_detection_records(det, meta)
+    parts = gather_to_main(per_image)
+    if parts is None:
+        return None
     merged = {}
-    for part in gather_objects(per_image):
+    for part in parts:
         merged.update(part)
     return [d for index in sorted(merged) for d in merged[index]]
 
 
-def evaluate(model, loader, classes, cfg, *, device, sigmoid_cls: bool, amp_dtype=None, on_batch=None):
+def evaluate(model, loader, classes, cfg, *, device, sigmoid_cls: bool, amp_dtype=None, channels_last: bool = False,
+             on_batch=None):
     """Score a model on the split of ``loader``: returns (metrics dict, PR curves, detections list).
 
-    Metrics: VOC07 11-point and all-point mAP@0.5 and COCO-style AP via ``yolo.metrics.evaluate_detections``
-    (on every rank; rank 0 reports them).
+    Metrics: VOC07 11-point and all-point mAP@0.5 and COCO-style AP via ``yolo.metrics.evaluate_detections``.
+    Under DDP each rank infers its shard, rank 0 scores every image once and sends the metrics to the others
+    (their PR curves and detections are None). The model's buffers must be the same on every rank.
     """
     tic = time.perf_counter()
     detections = run_inference(model, loader, cfg, device=device, sigmoid_cls=sigmoid_cls, amp_dtype=amp_dtype,
-                               on_batch=on_batch)
+                               channels_last=channels_last, on_batch=on_batch)
     inference_s = time.perf_counter() - tic
-    results, pr_curves = evaluate_detections(loader.dataset.records, detections, classes,
-                                             coco_backend=cfg.eval.coco_backend)
-    logger.info("evaluated %d images in %.1f s (inference %.1f s)", len(loader.dataset.records),
-                time.perf_counter() - tic, inference_s)
-    return results, pr_curves, detections
+    results = pr_curves = None
+    if detections is not None:
+        results, pr_curves = evaluate_detections(loader.dataset.records, detections, classes,
+                                                 coco_backend=cfg.eval.coco_backend)
+        logger.info("evaluated %d images in %.1f s (inference %.1f s)", len(loader.dataset.records),
+                    time.perf_counter() - tic, inference_s)
+    return broadcast_object(results), pr_curves, detections
 
 
 def sigmoid_scoring(cfg, epoch: int) -> bool:

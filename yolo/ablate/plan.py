@@ -30,7 +30,7 @@ UNHASHED_KEYS = (("name",), ("output_dir",), ("logdir",), ("data", "root"), ("da
                  ("train", "device"), ("train", "channels_last"), ("train", "compile"), ("train", "log_every"),
                  ("train", "seed"))
 # Fields added after PROTOCOL_VERSION was fixed: {(section, field): the value that reproduces the protocol}.
-HASH_NEUTRAL: dict[tuple, object] = {}
+HASH_NEUTRAL: dict[tuple, object] = {("train", "deterministic"): False, ("train", "time_budget"): None}
 
 
 @dataclasses.dataclass
