@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from yolo.hardware import AMP_DTYPES, autocast_dtype, cpu_capabilities, native_bf16, precision_name
+from yolo import hardware
+from yolo.hardware import AMP_DTYPES, autocast_dtype, native_bf16, precision_name
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def device_identity(device: torch.device) -> dict:
     if device.type == "cuda":
         return {"type": "cuda", "name": torch.cuda.get_device_name(device),
                 "capability": list(torch.cuda.get_device_capability(device)), "cuda": torch.version.cuda}
-    capabilities = cpu_capabilities()
+    capabilities = hardware.cpu_capabilities()
     flags = sorted(k for k, v in capabilities.items() if v is True)
     return {"type": device.type, "name": capabilities.get("cpu_name") or platform.processor() or platform.machine(),
             "flags": flags, "threads": torch.get_num_threads()}

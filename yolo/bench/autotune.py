@@ -1,5 +1,6 @@
 """``python -m yolo.bench autotune``: the decisions ``train.amp: auto`` / ``train.channels_last: auto`` took on this
-machine (``yolo.autotune``'s cache), and, for a config, its decision timed again with ``--refresh``."""
+machine (``yolo.autotune``'s cache); with a config (``--config`` or config flags), that run's decision (timed where
+the cache has none, or again with ``--refresh``)."""
 from yolo.autotune import Choice, cache_path, choose, describe, read_cache
 
 
@@ -18,7 +19,7 @@ def entry_line(entry: dict) -> str:
 def run_autotune(args) -> list[dict]:
     from yolo.bench.pipeline import _config, _device
     from yolo.fit import prepare_data
-    if args.config is None:
+    if args.config is None and not any(name.startswith("cfg:") for name in vars(args)):   # no run named
         entries = read_cache()
         print(f"autotune cache {cache_path()}: {len(entries)} decisions", flush=True)
         for entry in entries.values():
