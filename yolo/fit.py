@@ -309,26 +309,32 @@ def _run_epoch(train_model, parts, state, epoch, device, writer, progress) -> di
 
 def _plan_then_train(train, parts, state, epoch, device) -> dict:
     """Train the first steps, time them and an evaluation, make the time budget's plan (on rank 0, the same on
-    every rank), and train the rest of the epoch under it."""
-    cfg, start = parts["cfg"], state["step_in_epoch"]
-    warm = train(start, budget.PLAN_WARMUP_STEPS)
-    outs = [warm]
-    if not warm["interrupted"] and warm["steps"] < parts["steps_per_epoch"]:
-        timed = train(warm["steps"], budget.PLAN_TIMED_STEPS)
-        outs.append(timed)
-        eval_s = budget.time_evaluation(parts["model"], parts["val_loader"], cfg, device=device,
-                                        amp_dtype=parts["amp_dtype"], channels_last=parts["channels_last"],
-                                        sigmoid_cls=sigmoid_scoring(cfg, epoch))
-        step_s = timed["seconds"] / max(timed["steps"] - warm["steps"], 1)
-        plan = budget.make_plan(cfg.train, parse_duration(cfg.train.time_budget), time.perf_counter() -
-                                parts["started"], step_s, parts["steps_per_epoch"], timed["steps"], eval_s,
-                                cfg.train.batch_size)
-        state["plan"] = distributed.broadcast_object(plan)
-        parts["schedule"] = planned_schedule(cfg.train, state["plan"])
-        logger.info("%s", budget.describe(state["plan"], cfg.train.scheduler))
-        if not timed["interrupted"] and timed["steps"] < parts["steps_per_epoch"]:
-            outs.append(train(timed["steps"]))
+    every rank), and train the rest of the epoch under it. A run stopped before the plan makes it when resumed."""
+    start, steps_per_epoch = state["step_in_epoch"], parts["steps_per_epoch"]
+    outs = [train(start, budget.PLAN_WARMUP_STEPS)]
+    if not outs[-1]["interrupted"] and outs[-1]["steps"] < steps_per_epoch:
+        outs.append(train(outs[-1]["steps"], budget.PLAN_TIMED_STEPS))
+    timed = outs[-1]    # an epoch shorter than the warm-up: its steps, warm-up included (a conservative figure)
+    if timed["interrupted"]:
+        return _merged(outs, start)
+    first = outs[0]["steps"] if len(outs) == 2 else start
+    _make_plan(parts, state, timed["seconds"] / max(timed["steps"] - first, 1), timed["steps"], epoch, device)
+    if timed["steps"] < steps_per_epoch:
+        outs.append(train(timed["steps"]))
     return _merged(outs, start)
+
+
+def _make_plan(parts, state, step_s: float, steps_done: int, epoch: int, device):
+    """The plan of ``train.time_budget`` from the measured step time and a timed evaluation (see yolo.budget)."""
+    cfg = parts["cfg"]
+    eval_s = budget.time_evaluation(parts["model"], parts["val_loader"], cfg, device=device,
+                                    amp_dtype=parts["amp_dtype"], channels_last=parts["channels_last"],
+                                    sigmoid_cls=sigmoid_scoring(cfg, epoch))
+    plan = budget.make_plan(cfg.train, parse_duration(cfg.train.time_budget), time.perf_counter() - parts["started"],
+                            step_s, parts["steps_per_epoch"], steps_done, eval_s, cfg.train.batch_size)
+    state["plan"] = distributed.broadcast_object(plan)
+    parts["schedule"] = planned_schedule(cfg.train, state["plan"])
+    logger.info("%s", budget.describe(state["plan"], cfg.train.scheduler))
 
 
 def _merged(outs: list[dict], start_step: int) -> dict:
