@@ -109,7 +109,9 @@ def _as_rank(rank, world_size, port):
 
 
 def _nan_on_rank_1(rank, world_size, port, cfg_dict, out_dir):
-    """Rank 1's third loss is NaN; each rank writes what ``fit`` raised."""
+    """Rank 1's second loss is NaN, at a step where every rank reads its logged losses (log_every 2): rank 1 alone
+    would see it there, while rank 0 went on into a gradient all-reduce that never comes. Each rank writes what
+    ``fit`` raised."""
     from yolo import engine
     from yolo.config import from_dict
     from yolo.engine import NonFiniteLoss
@@ -121,7 +123,7 @@ def _nan_on_rank_1(rank, world_size, port, cfg_dict, out_dir):
         def poisoned(*args, **kwargs):
             terms = real(*args, **kwargs)
             calls.append(1)
-            if len(calls) == 3:
+            if len(calls) == 2:
                 terms["cls"] = terms["cls"] * float("nan")
                 terms["total"] = terms["total"] + terms["cls"]
             return terms
@@ -139,7 +141,7 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_with_the_message(tiny_co
     assert _run_ranks(_nan_on_rank_1, tiny_config.to_dict(), str(tmp_path)) == [0, 0]
     outcomes = [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)]
     for outcome in outcomes:
-        assert "non-finite loss on rank 1 at epoch 0 step 2" in outcome and "every rank stopped" in outcome
+        assert "non-finite loss on rank 1 at epoch 0 step 1" in outcome and "every rank stopped" in outcome
     assert "cls=nan" in outcomes[1] and "total=nan" in outcomes[1]
     assert not (tiny_config.run_dir / "last.pt").exists()     # nothing saved after the bad step
 
@@ -310,3 +312,40 @@ def test_workers_are_shared_by_the_ranks_of_a_host(monkeypatch):
     cuda = torch.device("cuda", 0)
     assert [resolve_workers("auto", cuda, ranks) for ranks in (1, 8)] == [16, 7]
     assert resolve_workers(3, cuda, 8) == 3                          # a number is taken as given
+
+
+def _preempt_rank_1(rank, world_size, port, cfg_dict, out_dir):
+    """A job's rank under ``run_preemptible``: rank 1 alone gets submitit's preemption signal at its 6th step; the
+    handler submitit installed (here a recorder) must then run on every rank, after ``last.pt`` is saved."""
+    from yolo import engine
+    from yolo.cluster import PREEMPTION_SIGNAL, RunInterrupted, run_preemptible
+    from yolo.config import from_dict
+    from yolo.fit import fit
+    _as_rank(rank, world_size, port)
+    cfg, handled = from_dict(cfg_dict), []
+    signal.signal(PREEMPTION_SIGNAL, lambda signum, frame: handled.append(cfg.run_dir.joinpath("last.pt").is_file()))
+    if rank == 1:
+        real, calls = engine.train_step, []
+
+        def step(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 6:
+                os.kill(os.getpid(), PREEMPTION_SIGNAL)
+            return real(*args, **kwargs)
+        engine.train_step = step
+
+    def work(stop):
+        fit(cfg, progress=False, stop=stop)
+        if stop.requested:
+            raise RunInterrupted("stopped")
+    run_preemptible(work)
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(handled))
+
+
+def test_a_preemption_signal_to_one_rank_of_a_job_requeues_from_every_rank(tiny_config, tmp_path):
+    tiny_config.train.amp, tiny_config.train.channels_last = "none", False
+    assert _run_ranks(_preempt_rank_1, tiny_config.to_dict(), str(tmp_path)) == [0, 0]
+    for rank in (0, 1):   # submitit's handler ran once on each rank, last.pt already written
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == [True]
+    ckpt = load_checkpoint(tiny_config.run_dir / "last.pt")
+    assert (ckpt["epoch"], ckpt["step_in_epoch"]) == (1, 2)     # step 6 = epoch 2, step 2 of 4
