@@ -30,15 +30,15 @@ def fake_timer(monkeypatch, seconds: dict) -> list:
     """Replace the timing of a candidate by ``seconds[(amp, channels_last)]``; returns the candidates timed."""
     timed = []
 
-    def time_candidate(cfg, device, num_classes, batch_size, amp, channels_last):
-        timed.append((amp, channels_last))
-        return seconds[amp, channels_last]
-    monkeypatch.setattr(autotune, "time_candidate", time_candidate)
+    def time_candidates(cfg, device, num_classes, batch_size, options):
+        timed.extend(options)
+        return [seconds[option] for option in options]
+    monkeypatch.setattr(autotune, "time_candidates", time_candidates)
     return timed
 
 
 def no_timing(monkeypatch):
-    monkeypatch.setattr(autotune, "time_candidate", lambda *args: pytest.fail("timed although it should not"))
+    monkeypatch.setattr(autotune, "time_candidates", lambda *args: pytest.fail("timed although it should not"))
 
 
 @pytest.mark.parametrize("seconds,expected", [(BF16_FASTER, ("bf16", True)), (FP32_FASTER, ("none", True))])
@@ -111,11 +111,11 @@ def test_an_unreadable_cache_is_ignored_and_rewritten(tiny_config, native_bf16, 
         autotune.CACHE_VERSION
 
 
-def test_timing_a_candidate_leaves_the_run_s_generators_alone(tiny_config):
+def test_timing_the_candidates_leaves_the_run_s_generators_alone(tiny_config):
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    seconds = autotune.time_candidate(tiny_config, CPU, 20, 2, "none", True, warmup=1, steps=1)
-    assert seconds > 0 and torch.equal(torch.get_rng_state(), before)
+    seconds = autotune.time_candidates(tiny_config, CPU, 20, 2, [("none", True), ("none", False)], warmup=1, steps=2)
+    assert len(seconds) == 2 and min(seconds) > 0 and torch.equal(torch.get_rng_state(), before)
 
 
 def test_a_run_logs_and_stores_what_auto_decided(tiny_config, native_bf16, monkeypatch):

@@ -4,7 +4,7 @@ A list of capability flags cannot tell which precision is faster on the machine 
 report ``avx512_bf16`` ran the shapes step 1.76x faster in bf16 (AMD EPYC) and 0.68x (Intel Xeon without AMX).
 A measurement can. The first run with a given device (CPU model, flags and threads, or GPU name), torch version,
 model config, image size and batch size times ``TIMED_STEPS`` training steps of every candidate (fp32 and bf16
-autocast, channels_last on and off) on a synthetic batch, picks the fastest, and caches the decision with the
+autocast, channels_last on and off; in turns) on a synthetic batch, picks the fastest, and caches the decision with the
 figures in ``$XDG_CACHE_HOME/yolo/autotune.json`` (``~/.cache/yolo``). Later runs read the cache.
 
 A pinned value (``--amp none``, ``--channels-last false``) is taken as given and only the other setting is timed;
@@ -22,6 +22,7 @@ import os
 import platform
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -132,8 +133,8 @@ def choose(cfg, device: torch.device, num_classes: int, batch_size: int, measure
            ) -> Choice:
     """Resolve ``cfg.train.amp`` / ``channels_last`` for training ``batch_size`` images per step on ``device``.
 
-    ``measure(amp, channels_last) -> seconds per step`` times one candidate (default :func:`time_candidate`);
-    ``refresh`` times again even when the cache has the decision.
+    ``measure(options) -> [seconds per step]`` times the candidates ``[(amp, channels_last)]`` (default
+    :func:`time_candidates`); ``refresh`` times again even when the cache has the decision.
     """
     options = candidates(cfg.train, device)
     if len(options) == 1:
@@ -143,11 +144,9 @@ def choose(cfg, device: torch.device, num_classes: int, batch_size: int, measure
     entry = None if refresh else read_cache().get(digest)
     if entry is not None:
         return Choice(entry["choice"]["amp"], entry["choice"]["channels_last"], "cache", entry["figures"])
-    measure = measure or functools.partial(time_candidate, cfg, device, num_classes, batch_size)
-    figures = []
-    for amp, layout in options:
-        step_s = measure(amp, layout)
-        figures.append({"amp": amp, "channels_last": layout, "step_s": step_s, "images_per_s": batch_size / step_s})
+    measure = measure or functools.partial(time_candidates, cfg, device, num_classes, batch_size)
+    figures = [{"amp": amp, "channels_last": layout, "step_s": step_s, "images_per_s": batch_size / step_s}
+               for (amp, layout), step_s in zip(options, measure(options))]
     best = min(figures, key=lambda f: f["step_s"])
     write_cache_entry(digest, {"key": key, "choice": {"amp": best["amp"], "channels_last": best["channels_last"]},
                                "figures": figures, "steps": TIMED_STEPS,
@@ -155,29 +154,46 @@ def choose(cfg, device: torch.device, num_classes: int, batch_size: int, measure
     return Choice(best["amp"], best["channels_last"], "measured", figures)
 
 
-def time_candidate(cfg, device: torch.device, num_classes: int, batch_size: int, amp: str, channels_last: bool,
-                   warmup: int = WARMUP_STEPS, steps: int = TIMED_STEPS) -> float:
-    """Median seconds of ``steps`` training steps (forward, targets, losses, backward, optimiser) of ``cfg``'s model
-    and optimiser on a synthetic batch, after ``warmup`` untimed ones. The generators of the run are left as they
-    were (the model is initialised under ``torch.random.fork_rng``). Eager: ``train.compile`` is not timed."""
-    from yolo.bench.common import synthetic_batch, time_iterations
+def time_candidates(cfg, device: torch.device, num_classes: int, batch_size: int, options: list,
+                    warmup: int = WARMUP_STEPS, steps: int = TIMED_STEPS) -> list[float]:
+    """Median seconds of a training step (forward, targets, losses, backward, optimiser) of ``cfg``'s model and
+    optimiser on a synthetic batch, for each ``(amp, channels_last)`` of ``options``: ``warmup`` untimed steps
+    each, then ``steps`` rounds that time one step of every candidate in turn (a machine whose load changes
+    meanwhile slows them all alike). The generators of the run are left as they were (the models are initialised
+    under ``torch.random.fork_rng``). Eager: ``train.compile`` is not timed."""
+    from yolo.bench.common import sync
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        runs = [_candidate_step(cfg, device, num_classes, batch_size, amp, layout) for amp, layout in options]
+        for run in runs:
+            for _ in range(warmup):
+                run()
+        times = [[] for _ in runs]
+        for _ in range(steps):
+            for run, seconds in zip(runs, times):
+                sync(device)
+                tic = time.perf_counter()
+                run()
+                sync(device)
+                seconds.append(time.perf_counter() - tic)
+    return [statistics.median(seconds) for seconds in times]
+
+
+def _candidate_step(cfg, device, num_classes: int, batch_size: int, amp: str, channels_last: bool):
+    """One training step of a fresh model of ``cfg`` in ``amp`` / ``channels_last``, as a function."""
+    from yolo.bench.common import synthetic_batch
     from yolo.engine import train_step
     from yolo.fit import build_optimizer
     from yolo.model import build_model
-
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        model = build_model(dataclasses.replace(cfg.model, pretrained="none"), num_classes).to(device)
-        images, boxes, labels = synthetic_batch(batch_size, cfg.data.img_size, num_classes, device)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-            images = images.contiguous(memory_format=torch.channels_last)
-        optimizer = build_optimizer(model, cfg.train)
-        amp_dtype = AMP_DTYPES[amp]
-        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-        times = time_iterations(lambda: train_step(model, images, boxes, labels, optimizer, cfg,
-                                                   cls_loss=cfg.loss.cls_loss, scaler=scaler, amp_dtype=amp_dtype),
-                                device, steps, warmup)
-    return statistics.median(times)
+    model = build_model(dataclasses.replace(cfg.model, pretrained="none"), num_classes).to(device)
+    images, boxes, labels = synthetic_batch(batch_size, cfg.data.img_size, num_classes, device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg.train)
+    amp_dtype = AMP_DTYPES[amp]
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    return lambda: train_step(model, images, boxes, labels, optimizer, cfg, cls_loss=cfg.loss.cls_loss,
+                              scaler=scaler, amp_dtype=amp_dtype)
 
 
 def describe(choice: Choice) -> str:
