@@ -23,10 +23,13 @@ def autotune_cache_home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _autotune_cache_in_tmp(autotune_cache_home, monkeypatch):
+def _autotune_cache_in_tmp(autotune_cache_home):
     """``yolo.autotune`` caches its decisions under $XDG_CACHE_HOME: the tests' own folder (shared by the tests of
-    a session, and by the processes they start), never the user's."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(autotune_cache_home))
+    a session, and by the processes they start), never the user's. A patch of its own: a test's
+    ``monkeypatch.undo()`` must not give the user's cache back in the middle of the test."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(autotune_cache_home))
+        yield
 
 
 def shared_path(*parts) -> Path:

@@ -141,6 +141,16 @@ def test_a_run_logs_and_stores_what_auto_decided(tiny_config, native_bf16, monke
     fit(tiny_config, progress=False)
     assert json.loads((tiny_config.run_dir / "results.json").read_text())["autotune"]["source"] == "cache"
 
+    # the cache now says otherwise (refreshed on a busier day): a resumed run keeps what it trained with
+    fake_timer(monkeypatch, FP32_FASTER)
+    assert choose(tiny_config, CPU, 20, 8, refresh=True).amp == "none"
+    no_timing(monkeypatch)
+    tiny_config.train.epochs = 2
+    fit(tiny_config, resume=str(tiny_config.run_dir / "last.pt"), progress=False)
+    resumed = load_checkpoint(tiny_config.run_dir / "last.pt")
+    assert (resumed["autotune"]["source"], resumed["autotune"]["amp"], resumed["precision"]) == \
+        ("checkpoint", "bf16", "bf16")
+
 
 @pytest.mark.parametrize("trained,native,pinned,expected", [
     ({"amp": "none", "channels_last": False}, True, {}, (None, False)),

@@ -39,12 +39,14 @@ TIMED_STEPS = 5      # the median of these is a candidate's step time
 
 @dataclasses.dataclass
 class Choice:
-    """What ``train.amp`` and ``train.channels_last`` resolved to, how (``pinned``, ``measured``, ``cache``), and
-    the figures it was decided on: ``[{"amp", "channels_last", "step_s", "images_per_s"}]``."""
+    """What ``train.amp`` and ``train.channels_last`` resolved to, how (``pinned``, ``measured``, ``cache``,
+    ``checkpoint``), the figures it was decided on (``[{"amp", "channels_last", "step_s", "images_per_s"}]``) and
+    the digest of what it was decided for (``cache_key``)."""
     amp: str
     channels_last: bool
     source: str
     figures: list = dataclasses.field(default_factory=list)
+    key: str = ""
 
     @property
     def amp_dtype(self):
@@ -53,7 +55,7 @@ class Choice:
     def record(self) -> dict:
         """The plain dict stored in checkpoints and ``results.json``."""
         return {"amp": self.amp, "precision": precision_name(self.amp_dtype), "channels_last": self.channels_last,
-                "source": self.source, "figures": self.figures}
+                "source": self.source, "figures": self.figures, "key": self.key}
 
 
 def candidates(tcfg, device: torch.device) -> list[tuple[str, bool]]:
@@ -119,6 +121,7 @@ def write_cache_entry(digest: str, entry: dict):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".autotune.", suffix=".tmp")
         with os.fdopen(fd, "w") as f:
             json.dump({"version": CACHE_VERSION, "entries": entries}, f, indent=1)
+        os.chmod(tmp, 0o644)   # mkstemp creates 0600
         os.replace(tmp, path)
     except OSError as exc:
         logger.warning("could not write the autotune cache %s (%s): the next run will time the step again",
@@ -129,21 +132,25 @@ def digest_of(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def choose(cfg, device: torch.device, num_classes: int, batch_size: int, measure=None, refresh: bool = False
-           ) -> Choice:
+def choose(cfg, device: torch.device, num_classes: int, batch_size: int, measure=None, refresh: bool = False,
+           resumed: dict | None = None) -> Choice:
     """Resolve ``cfg.train.amp`` / ``channels_last`` for training ``batch_size`` images per step on ``device``.
 
     ``measure(options) -> [seconds per step]`` times the candidates ``[(amp, channels_last)]`` (default
-    :func:`time_candidates`); ``refresh`` times again even when the cache has the decision.
+    :func:`time_candidates`); ``refresh`` times again even when the cache has the decision. ``resumed``: the
+    record (:meth:`Choice.record`) of the checkpoint a run resumes: decided for the same device, model and batch,
+    it is kept whatever the cache says now, so that the resumed run computes what the interrupted one did.
     """
     options = candidates(cfg.train, device)
     if len(options) == 1:
         return Choice(*options[0], source="pinned")
     key = cache_key(cfg, device, num_classes, batch_size, options)
     digest = digest_of(key)
+    if resumed and resumed.get("key") == digest:
+        return Choice(resumed["amp"], resumed["channels_last"], "checkpoint", resumed["figures"], digest)
     entry = None if refresh else read_cache().get(digest)
     if entry is not None:
-        return Choice(entry["choice"]["amp"], entry["choice"]["channels_last"], "cache", entry["figures"])
+        return Choice(entry["choice"]["amp"], entry["choice"]["channels_last"], "cache", entry["figures"], digest)
     measure = measure or functools.partial(time_candidates, cfg, device, num_classes, batch_size)
     figures = [{"amp": amp, "channels_last": layout, "step_s": step_s, "images_per_s": batch_size / step_s}
                for (amp, layout), step_s in zip(options, measure(options))]
@@ -151,7 +158,7 @@ def choose(cfg, device: torch.device, num_classes: int, batch_size: int, measure
     write_cache_entry(digest, {"key": key, "choice": {"amp": best["amp"], "channels_last": best["channels_last"]},
                                "figures": figures, "steps": TIMED_STEPS,
                                "measured": datetime.datetime.now().isoformat(timespec="seconds")})
-    return Choice(best["amp"], best["channels_last"], "measured", figures)
+    return Choice(best["amp"], best["channels_last"], "measured", figures, digest)
 
 
 def time_candidates(cfg, device: torch.device, num_classes: int, batch_size: int, options: list,

@@ -182,7 +182,7 @@ def _setup(cfg, resume, device, rank, world_size) -> tuple[dict, dict]:
     root, classes = prepare_data(cfg)
     ckpt = _resume_checkpoint(resume, cfg, classes) if resume else None
     train_loader, val_loader = build_loaders(cfg, root, classes, rank, world_size, device)
-    choice = _choose_runtime(cfg, device, len(classes), train_loader.batch_size)
+    choice = _choose_runtime(cfg, device, len(classes), train_loader.batch_size, ckpt)
     model = build_model(cfg.model, len(classes)).to(device)
     if choice.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -209,10 +209,11 @@ def _setup(cfg, resume, device, rank, world_size) -> tuple[dict, dict]:
     return parts, state
 
 
-def _choose_runtime(cfg, device, num_classes: int, batch_size: int) -> autotune.Choice:
-    """``train.amp`` and ``train.channels_last`` resolved (timed on rank 0 where ``auto``, the same on every rank),
-    and logged."""
-    choice = autotune.choose(cfg, device, num_classes, batch_size) if distributed.is_main() else None
+def _choose_runtime(cfg, device, num_classes: int, batch_size: int, ckpt) -> autotune.Choice:
+    """``train.amp`` and ``train.channels_last`` resolved (timed on rank 0 where ``auto``, the same on every rank;
+    a resumed run keeps its checkpoint's decision where it was made for the same device), and logged."""
+    resumed = ckpt.get("autotune") if ckpt is not None else None
+    choice = autotune.choose(cfg, device, num_classes, batch_size, resumed=resumed) if distributed.is_main() else None
     choice = distributed.broadcast_object(choice)
     if cfg.train.amp != "auto":
         log_precision(cfg.train.amp, device, choice.amp_dtype)   # warns where a pinned bf16 is emulated
