@@ -1,4 +1,4 @@
-"""What the machine can do, asked of torch: native bf16, the autocast dtype of ``train.amp``, loader workers.
+"""What the machine can do, asked of torch: native bf16, autocast dtypes, loader workers, deterministic algorithms.
 
 Decisions follow the machine the code runs on, never a figure measured on another one: bf16 autocast is 1.7x
 faster than fp32 on a CPU with AVX512_BF16 and 4x slower on one without (docs/performance.md).
@@ -37,7 +37,9 @@ def native_bf16(device: torch.device) -> bool:
 def autocast_dtype(amp: str, device: torch.device):
     """The autocast dtype of ``train.amp`` on ``device`` (None = full precision).
 
-    ``auto`` is bf16 where the device computes it natively (see :func:`native_bf16`) and fp32 elsewhere;
+    ``auto`` here is the capability rule, bf16 where the device computes it natively (see :func:`native_bf16`)
+    and fp32 elsewhere: what runs where nothing was timed (a checkpoint from before ``yolo.autotune``,
+    ``yolo.bench gemm / profile --amp auto``). Training decides ``auto`` by timing (``yolo.autotune``).
     ``bf16`` / ``fp16`` / ``none`` are taken as given. Losses are computed in float32 either way.
     """
     if amp == "auto":
