@@ -4,10 +4,14 @@
     python eval.py --checkpoint runs/voc/best.pt --split 2007:test --json metrics.json
     python eval.py --checkpoint runs/voc/best.pt --save-detections dets.json
     python eval.py --detections dets.json --data-root data/VOCdevkit --split 2007:test
+    python eval.py --detections results.json --data-root coco/annotations/instances_val2017.json  # a COCO results list
 
-Reports VOC07 11-point mAP@0.5, VOC all-point mAP@0.5 and COCO-style AP/AR (pycocotools, or faster-coco-eval
-with --coco-backend faster), with a per-class AP table. Config flags (e.g. --img-size, --conf-thresh) override
-the configuration stored in the checkpoint.
+Reports how many images were scored of how many the split lists, VOC07 11-point mAP@0.5, VOC all-point mAP@0.5
+and COCO-style AP/AR (pycocotools, or faster-coco-eval with --coco-backend faster; LVIS's federated AP on an LVIS
+JSON), with a per-class AP table. --data-root takes any layout (a VOC devkit, a COCO JSON, a YOLO data.yaml).
+Detections files hold the dataset's own ids and pixel-edge [x, y, w, h] boxes (a COCO results list). An image of
+the split that cannot be read is an error; --skip-unreadable true scores the others. Config flags (e.g. --img-size,
+--conf-thresh) override the configuration stored in the checkpoint.
 """
 import argparse
 import json
@@ -25,7 +29,8 @@ def main(argv=None) -> int:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", metavar="CKPT", help="a checkpoint (default: the newest runs/*/best.pt)")
     source.add_argument("--detections", metavar="JSON", help="score this detections file instead of a model")
-    parser.add_argument("--split", help="data spec to evaluate, e.g. 2007:test (default: the config's data.test)")
+    parser.add_argument("--split", help="split to evaluate, e.g. 2007:test, val, annotations/x.json (default: the "
+                                        "config's data.test)")
     parser.add_argument("--weights", choices=("auto", "ema", "model"), default="auto",
                         help="EMA or trained weights of the checkpoint (auto: EMA when present)")
     parser.add_argument("--json", metavar="FILE", help="write every number to this JSON file")
@@ -48,14 +53,13 @@ def main(argv=None) -> int:
 
 
 def _score_file(args):
-    from yolo.data.voc import load_records, read_classes
+    from yolo.data.layout import load_role, require_complete
     cfg = config_from_args(args)
-    split = args.split or cfg.data.test
-    classes = read_classes(cfg.data.root)
-    records = load_records(cfg.data.root, split, classes)
-    detections = load_detections(args.detections, records, classes)
-    results, _ = evaluate_detections(records, detections, classes, coco_backend=cfg.eval.coco_backend)
-    return {"split": split, "detections_file": args.detections, **results}, classes
+    split = load_role(cfg, "test", args.split)
+    require_complete(split, cfg.eval.skip_unreadable)
+    detections = load_detections(args.detections, split)
+    results, _ = evaluate_detections(split, detections, coco_backend=cfg.eval.coco_backend)
+    return {"split": split.spec, "detections_file": args.detections, **results}, split.classes
 
 
 def _score_checkpoint(args):
@@ -63,8 +67,12 @@ def _score_checkpoint(args):
     path = args.checkpoint or _newest_checkpoint()
     ckpt = load_checkpoint(path)
     cfg = config_from_args(args, base=ckpt["config"])
-    split = args.split or cfg.data.test
+    from yolo.data.layout import spec_for
+    split = args.split or spec_for(cfg, "test")
     print(f"evaluating {path} on {split}")
+    if ":" in cfg.loss.cls_loss and cfg.eval.cls_scoring == "auto":   # a user's loss: never imported to evaluate
+        print(f"note: loss.cls_loss {cfg.loss.cls_loss} is a user's loss, which eval never imports; its class scores "
+              f"are a softmax (--cls-scoring sigmoid for a per-class sigmoid loss)")
     results, _, detections = evaluate_checkpoint(ckpt, cfg, split, weights=args.weights)
     if args.save_detections:
         save_detections(detections, args.save_detections)

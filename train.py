@@ -25,6 +25,7 @@ from yolo.cluster import (JobFailed, JobSpec, TrainJob, add_cluster_args, job_fa
 from yolo.config import ConfigError, add_config_args, config_from_args
 from yolo.engine import NonFiniteLoss
 from yolo.fit import fit
+from yolo.losses.user import refuse_code_named_by_checkpoint
 from yolo.stop import StopRequest
 
 
@@ -79,6 +80,8 @@ def main(argv=None) -> int:
         if args.wait and args.launcher != "slurm":
             raise ConfigError(f"--wait is for --launcher slurm (--launcher {args.launcher} always waits)")
         stored = load_checkpoint(args.resume)["config"] if args.resume else None
+        if stored:   # a checkpoint never makes yolo import code: a user loss it names must be named here too
+            refuse_code_named_by_checkpoint(stored, config_from_args(args).loss, f"--resume {args.resume}")
         cfg = config_from_args(args, base=stored)
         stop = StopRequest()
         metrics = LAUNCHERS[args.launcher](cfg, args, stop)

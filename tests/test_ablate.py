@@ -1,6 +1,7 @@
 """Ablation runner: statistics on known numbers (scipy-backed), the Holm correction, the long-tail buckets, the
 ablation-file contract, the committed result files (reuse on a fresh clone, invalidation), the report, and a tiny
 shapes ablation end to end (sequential, cached re-run, then --jobs 2)."""
+import copy
 import csv
 import dataclasses
 import json
@@ -223,6 +224,29 @@ def test_shipped_ablation_files_reproduce_the_reference_tables():
     assert len(runs) == len(distinct) * shapes.seeds < len(variants) * shapes.seeds
     scored_twice = [r for r in runs if len(r.scorings) > 1]
     assert scored_twice and all(set(r.scorings) == {"default", "cls_scoring=softmax"} for r in scored_twice)
+
+
+def test_the_imbalance_ablation_files_validate_and_share_their_baseline_run():
+    """configs/ablation/shapes_objectness.yaml + shapes_longtail.yaml (issue 25): every row validates, both
+    baselines are the default config, trained once, and the protocol is the shapes_cls_loss one."""
+    imbalance = load_ablation([SHIPPED / "shapes_objectness.yaml", SHIPPED / "shapes_longtail.yaml"])
+    reference = load_ablation([SHIPPED / "shapes_cls_loss.yaml"])
+    assert imbalance.results_dir == (REPO / "docs" / "ablations" / "shapes_imbalance").resolve()
+    assert (imbalance.selection, imbalance.seeds, imbalance.buckets) == (reference.selection, reference.seeds,
+                                                                         reference.buckets)
+    variants = imbalance.variants()
+    rows = {name: (v.cfg.loss.conf_loss, v.cfg.loss.conf_target, v.cfg.loss.cls_loss) for name, v in variants.items()}
+    assert rows == {
+        "mse": ("mse", "auto", "ce"), "focal_objectness": ("focal", "auto", "ce"), "mse_iou": ("mse", "iou", "ce"),
+        "bce_iou": ("bce", "iou", "ce"), "qfl": ("qfl", "auto", "ce"), "vfl": ("vfl", "auto", "ce"),
+        "ce": ("mse", "auto", "ce"), "seesaw": ("mse", "auto", "seesaw"), "efl": ("mse", "auto", "efl"),
+        "poly1": ("mse", "auto", "poly1"), "poly1_focal": ("mse", "auto", "poly1_focal")}
+    assert [t.baseline for t in imbalance.tables] == ["mse", "ce"]
+    keys = {name: config_hash(v.cfg) for name, v in variants.items()}
+    assert keys["mse"] == keys["ce"] == config_hash(reference.variants()["ce"].cfg)   # the protocol's CE + MSE run
+    assert len(set(keys.values())) == len(keys) - 1              # every other row is a training of its own
+    for v in variants.values():
+        assert (v.cfg.train.amp, v.cfg.train.epochs, v.cfg.data.dataset) == ("bf16", 30, "shapes")
 
 
 @pytest.mark.parametrize("change,message", [
@@ -612,3 +636,30 @@ def test_runs_pinned_to_bf16_are_refused_up_front_where_bf16_is_only_emulated(tm
     execute.check_precision(fp32, ["cpu"])           # amp none: nothing pinned to bf16, nothing refused
     monkeypatch.setattr(execute, "native_bf16", lambda device: True)
     execute.check_precision(runs, None)              # a device with native bf16 trains them
+
+
+def test_a_subset_run_writes_its_own_report_and_leaves_a_larger_one_untouched(tmp_path, monkeypatch):
+    """Running one file of a set (or fewer seeds) must not replace the report of the whole set."""
+    _fakes(monkeypatch, _fake_fit([]), score=lambda cfg: 0.3 + 0.1 * cfg.train.seed)
+    whole = _tiny(tmp_path)
+    run_ablation(load_ablation([_write(tmp_path / "whole.yaml", whole)]), tmp_path / "out", progress=False)
+    results = tmp_path / "results"
+    before = {p.name: p.read_bytes() for p in results.glob("ablation*")}
+    assert set(before) == {"ablation.md", "ablation.csv", "ablation.png", "ablation_curves.png",
+                           "ablation_buckets.png"}
+
+    subset = copy.deepcopy(whole)
+    subset["tables"][0]["rows"] = subset["tables"][0]["rows"][:1]
+    out = run_ablation(load_ablation([_write(tmp_path / "subset.yaml", subset)]), tmp_path / "out",
+                       progress=False)
+    assert out["paths"]["md"] == results / "ablation-subset.md"
+    assert {p.name: p.read_bytes() for p in results.glob("ablation*") if p.name in before} == before
+    assert "| CE | 0.3000 | 0.4000 |" in out["paths"]["md"].read_text()
+    assert "sigmoid" not in out["paths"]["md"].read_text()
+
+    fewer = run_ablation(load_ablation([results.parent / "whole.yaml"], seeds=1), tmp_path / "out",
+                         progress=False)                                   # one seed of the two: also a subset
+    assert fewer["paths"]["md"] == results / "ablation-whole.md"
+    assert (results / "ablation.md").read_bytes() == before["ablation.md"]
+    again = run_ablation(load_ablation([results.parent / "whole.yaml"]), tmp_path / "out", progress=False)
+    assert again["paths"]["md"] == results / "ablation.md"                # the same coverage: rewritten

@@ -9,7 +9,8 @@ import pytest
 
 from yolo.data import check
 from yolo.data.shapes import generate
-from yolo.data.voc import VOCDataset, load_records
+from yolo.data.dataset import DetectionDataset
+from yolo.data.voc import load_records
 
 VOC_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "voc-sample"
 
@@ -72,7 +73,7 @@ def test_clean_set_reports_statistics_and_exits_0(clean_root, tmp_path, capsys):
     records = load_records(clean_root, "shapes:train")
     assert report["clean"] and report["images"] == 12 and report["problems"] == []
     assert report["objects"] == sum(len(r.labels) for r in records)
-    assert report["difficult"] == sum(int(r.difficult.sum()) for r in records)
+    assert report["difficult"] == sum(int(r.ignore.sum()) for r in records)
     assert sum(c["objects"] for c in report["per_class"].values()) == report["objects"]
     assert sum(report["object_side_px_histogram"].values()) == report["objects"]
     assert check.main([str(clean_root), "--json", str(tmp_path / "a.json")]) == 0
@@ -113,10 +114,10 @@ def test_loading_skips_and_clips_with_one_warning_and_never_crashes(broken_root,
     ids = [r.image_id for r in records]
     assert ids == ["000001", "000002", "000005", "000006", "000007", "000010", "000011", "000012"]
     clipped = records[ids.index("000007")]
-    assert clipped.boxes_voc[:, 2].max() <= clipped.width
+    assert clipped.boxes_xyxy[:, 2].max() <= clipped.width
     caplog.clear()
-    dataset = VOCDataset(records)
-    with caplog.at_level(logging.WARNING, logger="yolo.data.voc"):
+    dataset = DetectionDataset(records)
+    with caplog.at_level(logging.WARNING, logger="yolo.data.dataset"):
         used = [dataset[i][1]["image_id"] for i in range(len(dataset))]
     assert used[:2] == ["000005", "000005"] and used[2:] == ids[2:]        # the two bad JPEGs substituted
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2

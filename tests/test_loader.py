@@ -9,14 +9,15 @@ from yolo.data.loader import (
     EpochSampler, ThreadLoader, aug_seeds, build_loader, collate, measure_loader_throughput, measure_sample_costs)
 from yolo.data.shapes import generate
 from yolo.data.transforms import train_transform
-from yolo.data.voc import VOCDataset, load_records
+from yolo.data.dataset import DetectionDataset
+from yolo.data.voc import load_records
 
 
 def _sample(num_objects: int, index: int):
     image = torch.full((3, 8, 8), index, dtype=torch.uint8)
     boxes = torch.arange(num_objects * 4, dtype=torch.float32).reshape(num_objects, 4)
     target = dict(boxes_xyxy=boxes, labels=torch.arange(num_objects), image_id=f"id{index}", index=index,
-                  orig_size=(10, 20), scale=(0.4, 0.8), pad=(0.0, 1.0))
+                  readable=True, orig_size=(10, 20), scale=(0.4, 0.8), pad=(0.0, 1.0))
     return image, target
 
 
@@ -29,8 +30,8 @@ def test_collate_pads_to_a_multiple_of_eight():
     assert targets["labels"][1].tolist() == [0, 1, 2] + [-1] * 13
     torch.testing.assert_close(targets["boxes_xyxy"][2, :9], _sample(9, 2)[1]["boxes_xyxy"])
     assert targets["boxes_xyxy"][1, 3:].abs().sum() == 0
-    assert targets["meta"][1] == dict(image_id="id1", index=1, orig_size=(10, 20), scale=(0.4, 0.8),
-                                      pad=(0.0, 1.0))
+    assert targets["meta"][1] == dict(image_id="id1", index=1, readable=True, orig_size=(10, 20),
+                                      scale=(0.4, 0.8), pad=(0.0, 1.0))
     assert collate([_sample(0, 0)])[1]["labels"].shape == (1, 8)                   # at least 8
 
 
@@ -82,7 +83,7 @@ def test_sampler_distributed_shards(drop_last, shard):
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("shapes")
     generate(root, num_train=12, num_val=0, num_test=0, image_size=48)
-    return VOCDataset(load_records(root, "shapes:train"), train_transform(32))
+    return DetectionDataset(load_records(root, "shapes:train"), train_transform(32))
 
 
 def _epoch(loader, epoch, skip=0):
@@ -120,7 +121,7 @@ def test_batches_are_channels_last_views_of_the_augmented_pixels(dataset):
 
 
 def _decoded(dataset, index):
-    from yolo.data.voc import decode_image
+    from yolo.data.images import decode_image
     record = dataset.records[index]
     boxes, labels = dataset._targets[index]
     return decode_image(record.image_path), boxes, labels

@@ -1,4 +1,5 @@
 """The loss library: values, gradients and identities from the focal-loss literature."""
+import functools
 import math
 
 import pytest
@@ -7,7 +8,8 @@ import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
 from yolo import losses
-from yolo.losses import BOX_LOSSES, CLS_LOSSES, CONF_LOSSES, get_loss, prior_bias
+from yolo.losses import BOX_LOSSES, CLS_LOSSES, CONF_LOSSES, SIGMOID_CLS_LOSSES, get_loss, prior_bias
+from yolo.losses.objectness import BINARY_CONF_LOSSES
 
 C = 6
 
@@ -17,6 +19,26 @@ def _cls_inputs(n=7, dtype=torch.float64, seed=0):
     logits = (3 * torch.randn(n, C, generator=g, dtype=dtype)).requires_grad_()
     labels = torch.randint(0, C, (n,), generator=g)
     return logits, labels
+
+
+def _statistics(name, num_classes):
+    """Running statistics for the stateful losses, with every edge case: a class never seen (count 0, clamped to
+    1), a positive/negative gradient ratio above 1 (clamped) and a class with no negative gradient yet (g = 1)."""
+    if name == "seesaw":
+        counts = torch.logspace(3, 0, num_classes, dtype=torch.float64)
+        counts[-1] = 0.0
+        return {"class_counts": counts}
+    if name == "efl":
+        pos = torch.linspace(2.0, 0.0, num_classes, dtype=torch.float64)
+        neg = torch.ones(num_classes, dtype=torch.float64)
+        neg[0] = 0.0
+        return {"pos_grad": pos, "neg_grad": neg}
+    return {}
+
+
+def cls_fn(name, num_classes=C):
+    """The registered classification loss, with running statistics bound for the stateful ones."""
+    return functools.partial(CLS_LOSSES[name], **_statistics(name, num_classes))
 
 
 def _value_and_grad(fn, logits, targets):
@@ -120,9 +142,9 @@ def test_wrong_length_alpha_is_a_clear_error():
         losses.softmax_focal(logits, labels, alpha=[0.5, 0.5])
 
 
-@pytest.mark.parametrize("name", list(CLS_LOSSES))
+@pytest.mark.parametrize("name", [n for n in CLS_LOSSES if n != "seesaw"])   # seesaw: class indices only
 def test_one_hot_targets_equal_index_targets_and_soft_targets_are_linear(name):
-    fn = CLS_LOSSES[name]
+    fn = cls_fn(name)
     logits, labels = _cls_inputs()
     one_hot = F.one_hot(labels, C).double()
     torch.testing.assert_close(fn(logits, one_hot), fn(logits, labels))
@@ -168,13 +190,17 @@ def _box_inputs(n=5, dtype=torch.float64):
 @pytest.mark.parametrize("name", list(CLS_LOSSES))
 def test_gradcheck_cls(name):
     logits, labels = _cls_inputs(n=4)
-    assert torch.autograd.gradcheck(lambda x: CLS_LOSSES[name](x, labels), (logits,))
+    if name == "seesaw":   # its compensation factor is a constant of the step (detached): make it 1 around here
+        labels = logits.detach().argmax(-1)
+    assert torch.autograd.gradcheck(lambda x: cls_fn(name)(x, labels), (logits,))
 
 
 @pytest.mark.parametrize("name", list(CONF_LOSSES))
 def test_gradcheck_conf(name):
     logits = torch.randn(8, dtype=torch.float64, requires_grad=True)
     targets = (torch.arange(8) % 2).double()
+    if name not in BINARY_CONF_LOSSES:
+        targets = targets * torch.linspace(0.3, 1.0, 8, dtype=torch.float64)     # the IoU target
     assert torch.autograd.gradcheck(lambda x: CONF_LOSSES[name](x, targets), (logits,))
 
 
@@ -191,7 +217,7 @@ def test_cls_extreme_logits_finite(name):
     logits = torch.tensor([[100.0, -100.0, 0.0], [-100.0, 100.0, -100.0], [-100.0, -100.0, -100.0]],
                           requires_grad=True)
     labels = torch.tensor([1, 1, 2])  # wrong with certainty, right with certainty, uniform
-    value = CLS_LOSSES[name](logits, labels)
+    value = cls_fn(name, num_classes=3)(logits, labels)
     value.sum().backward()
     assert torch.isfinite(value).all() and torch.isfinite(logits.grad).all()
     assert value[0] > 40  # confidently wrong costs a lot (-log p_t = 200, times alpha = 0.25 for the focal forms)
@@ -205,6 +231,11 @@ def test_conf_extreme_logits_finite(name):
     value.sum().backward()
     assert torch.isfinite(value).all() and torch.isfinite(logits.grad).all()
     assert value[1] > value[0] and value[2] > value[3]
+    if name not in BINARY_CONF_LOSSES:   # and with an IoU target, which no logit reaches
+        wide = torch.tensor([100.0, -100.0], requires_grad=True)
+        value = CONF_LOSSES[name](wide, torch.tensor([0.5, 0.5]))
+        (grad,) = torch.autograd.grad(value.sum(), wide)
+        assert torch.isfinite(value).all() and torch.isfinite(grad).all() and (value > 1).all()
 
 
 @pytest.mark.parametrize("name", list(BOX_LOSSES))
@@ -218,7 +249,8 @@ def test_box_extreme_logits_finite(name):
 
 @pytest.mark.parametrize("registry", [CLS_LOSSES, CONF_LOSSES])
 def test_losses_compute_in_float32_under_autocast(registry):
-    for name, fn in registry.items():
+    for name in registry:
+        fn = cls_fn(name, num_classes=5) if registry is CLS_LOSSES else registry[name]
         logits = torch.randn(16, 5) if registry is CLS_LOSSES else torch.randn(16)
         targets = torch.randint(0, 5, (16,)) if registry is CLS_LOSSES else (torch.rand(16) > 0.5).float()
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -252,8 +284,10 @@ def test_giou_loss_of_disjoint_boxes_exceeds_one():
 
 def test_registry_names_are_exactly_the_documented_ones():
     assert set(CLS_LOSSES) == {"ce", "softmax_focal", "softmax_modified_focal", "sigmoid_focal",
-                               "hard_truncated_ce", "soft_truncated_ce"}
-    assert {"mse", "bce"} <= set(CONF_LOSSES) and set(BOX_LOSSES) == {"yolov1", "giou"}
+                               "hard_truncated_ce", "soft_truncated_ce", "poly1", "poly1_focal", "seesaw", "efl"}
+    assert set(CONF_LOSSES) == {"mse", "bce", "focal", "soft_truncated", "qfl", "vfl"}
+    assert set(BOX_LOSSES) == {"yolov1", "giou"}
+    assert SIGMOID_CLS_LOSSES == {"sigmoid_focal", "poly1_focal", "efl"}
 
 
 def test_unknown_loss_name_lists_the_choices():
@@ -272,3 +306,25 @@ def test_prior_bias():
     assert prior_bias(0.5) == 0.0
     with pytest.raises(ValueError):
         prior_bias(1.0)
+
+
+def test_reference_tables_and_plot_hold_every_loss(tmp_path, capsys):
+    from yolo.losses.reference import cls_table, conf_table, main
+    rows = cls_table()
+    assert {name for name in CLS_LOSSES if name not in ("seesaw", "efl")} <= set(rows)
+    assert {label.split(",")[0] for label in rows} == set(CLS_LOSSES)
+    p = (torch.arange(11, dtype=torch.float64) / 10).softmax(-1)
+    torch.testing.assert_close(rows["poly1"], rows["ce"] + 1 - p)                    # CE + (1 - p_t)
+    torch.testing.assert_close(rows["efl, no statistics"], rows["sigmoid_focal"])
+    torch.testing.assert_close(rows["seesaw, equal counts"][-1], rows["ce"][-1])     # the target leads: CE
+    # class c seen 2^(10 - c) times: every rarer class is mitigated, so each class but the rarest costs less
+    assert (rows["seesaw, N_c = 2^(10-c)"][:-1] < rows["seesaw, equal counts"][:-1]).all()
+    conf = conf_table()
+    assert {name for _, name in conf} == set(CONF_LOSSES)
+    assert conf[1.0, "qfl"][3].item() == pytest.approx(0.25 * math.log(2))           # p = 0.5, target 1
+    assert conf[0.6, "focal"] is None and conf[0.6, "vfl"] is not None
+    main(["table"])
+    out = capsys.readouterr().out
+    assert all(name in out for name in list(CLS_LOSSES) + list(CONF_LOSSES))
+    main(["plot", str(tmp_path / "losses.png")])
+    assert (tmp_path / "losses.png").stat().st_size > 10_000

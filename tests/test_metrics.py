@@ -1,5 +1,8 @@
 """Tests of yolo.metrics: VOC AP against published values and a plain port of the devkit, COCO AP via both
-backends against published pycocotools values, and the detections file format."""
+backends against published pycocotools values, and the detections file format.
+
+Records are built from VOC-style 1-based inclusive boxes (``make_record``) and detections in the project's
+pixel-edge ``[x, y, w, h]`` (``det`` turns an inclusive box into the detection that reproduces it exactly)."""
 import json
 import math
 from pathlib import Path
@@ -8,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from yolo.data.voc import VOCRecord
-from yolo.metrics import (COCO_KEYS, DetectionsFormatError, coco_eval_dicts, detections_from_xyxy, eval_coco,
-                          eval_voc, evaluate_detections, format_results, iou_voc_pairs, load_detections,
-                          save_detections, voc_ap, voc_pr_curves)
+from yolo.boxes import voc_to_xyxy, xyxy_to_voc
+from yolo.coco_eval import COCO_KEYS, coco_eval_dicts, eval_split
+from yolo.data.record import Categories, Split, make_record as record
+from yolo.metrics import (DetectionsFormatError, detections_from_xyxy, eval_voc, evaluate_detections, format_results,
+                          iou_voc_pairs, load_detections, save_detections, voc_ap, voc_pr_curves)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 METRIC_CASES = SHARED / "metric-cases"
@@ -25,17 +29,34 @@ def needs_cases(path: Path) -> Path:
 
 
 def make_record(image_id, boxes_voc, labels, difficult=None, width=500, height=400):
-    boxes_voc = np.asarray(boxes_voc, dtype=np.float32).reshape(-1, 4)
-    difficult = np.zeros(len(boxes_voc), bool) if difficult is None else np.asarray(difficult, bool)
-    return VOCRecord(image_id, Path(f"{image_id}.jpg"), width, height, boxes_voc,
-                     np.asarray(labels, np.int64), difficult, np.zeros(len(boxes_voc), bool))
+    """A record of VOC-style 1-based inclusive boxes, ``difficult`` ones ignored (as the VOC reader makes it)."""
+    boxes_xyxy = voc_to_xyxy(np.asarray(boxes_voc, dtype=np.float32).reshape(-1, 4))
+    return record(image_id, f"{image_id}.jpg", width, height, boxes_xyxy, labels, ignore=difficult)
+
+
+def voc_boxes(record) -> np.ndarray:
+    """The record's boxes as the devkit's inclusive corners."""
+    return xyxy_to_voc(record.boxes_xyxy.astype(np.float64))
 
 
 def det(image_id, category_id, box_voc, score):
-    """A detection whose box is exactly the annotation box ``box_voc`` (xmin, ymin, xmax, ymax)."""
+    """A detection whose box is exactly the annotation box ``box_voc`` (inclusive xmin, ymin, xmax, ymax): pixel
+    edges ``[xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1]``."""
     xmin, ymin, xmax, ymax = box_voc
-    return {"image_id": image_id, "category_id": category_id, "bbox": [xmin, ymin, xmax - xmin, ymax - ymin],
-            "score": score}
+    return {"image_id": image_id, "category_id": category_id,
+            "bbox": [xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1], "score": score}
+
+
+def ids(num_classes: int) -> tuple:
+    return tuple(range(1, num_classes + 1))
+
+
+def split_of(records, classes) -> Split:
+    return Split("voc", "test", Path("."), records, Categories.numbered(classes), [r.image_id for r in records])
+
+
+def eval_coco(records, detections, classes, backend="pycocotools", verbose=False) -> dict:
+    return eval_split(split_of(records, classes), detections, backend=backend, verbose=verbose)
 
 
 # ----------------------------------------------------------------------------- voc_ap and IoU
@@ -79,7 +100,8 @@ def test_iou_voc_pairs_uses_inclusive_pixels():
 
 def read_voc_case1():
     """voc-ap-case1: `class x y w h` / `class score x y w h`. With the devkit's +1 areas the published values
-    come out when the box is xmin=x, ymin=y, xmax=x+w, ymax=y+h: exactly the project's detection format."""
+    come out when the box is xmin=x, ymin=y, xmax=x+w, ymax=y+h inclusive: in pixel edges [x - 1, y - 1, w + 1,
+    h + 1]."""
     case = needs_cases(METRIC_CASES / "voc-ap-case1")
     records, detections = [], []
     for gt_file in sorted((case / "gts").glob("*.txt")):
@@ -90,8 +112,8 @@ def read_voc_case1():
         for line in (case / "dets" / gt_file.name).read_text().splitlines():
             if line.strip():
                 _, score, *bbox = line.split()
-                detections.append({"image_id": gt_file.stem, "category_id": 1,
-                                   "bbox": [float(v) for v in bbox], "score": float(score)})
+                x, y, w, h = (float(v) for v in bbox)
+                detections.append(det(gt_file.stem, 1, [x, y, x + w, y + h], float(score)))
     return records, detections
 
 
@@ -103,8 +125,8 @@ def read_voc_case1():
 ])
 def test_voc_ap_matches_published_case(iou_threshold, expected_11_point, expected_all_point):
     records, detections = read_voc_case1()
-    ap_11 = eval_voc(records, detections, 1, iou_threshold, use_07_metric=True)["ap"][0]
-    ap_all = eval_voc(records, detections, 1, iou_threshold, use_07_metric=False)["ap"][0]
+    ap_11 = eval_voc(records, detections, ids(1), iou_threshold, use_07_metric=True)["ap"][0]
+    ap_all = eval_voc(records, detections, ids(1), iou_threshold, use_07_metric=False)["ap"][0]
     assert ap_11 == pytest.approx(expected_11_point, abs=1e-9)
     assert ap_all == pytest.approx(expected_all_point, abs=1e-9)
 
@@ -119,7 +141,7 @@ def devkit_ap(records, detections, class_index, iou_threshold, use_07_metric):
     gt = {}
     for r in records:
         keep = r.labels == class_index
-        gt[r.image_id] = {"boxes": r.boxes_voc[keep].astype(np.float64), "difficult": r.difficult[keep],
+        gt[r.image_id] = {"boxes": voc_boxes(r)[keep], "difficult": r.ignore[keep],
                           "taken": [False] * int(keep.sum())}
     npos = sum(int((~g["difficult"]).sum()) for g in gt.values())
     dets = [d for d in detections if d["category_id"] == class_index + 1]
@@ -127,7 +149,7 @@ def devkit_ap(records, detections, class_index, iou_threshold, use_07_metric):
     tp, fp = np.zeros(len(dets)), np.zeros(len(dets))
     for rank, i in enumerate(order):
         x, y, w, h = dets[i]["bbox"]
-        bb = (x, y, x + w, y + h)
+        bb = (x + 1, y + 1, x + w, y + h)     # pixel edges -> the devkit's inclusive corners
         g = gt[dets[i]["image_id"]]
         ovmax, jmax = -math.inf, None
         for j, bbgt in enumerate(g["boxes"]):
@@ -194,7 +216,7 @@ def random_case(seed, num_images=6, num_classes=3):
 def test_eval_voc_equals_devkit_port(seed, iou_threshold):
     records, detections = random_case(seed)
     for use_07_metric in (True, False):
-        result = eval_voc(records, detections, 3, iou_threshold, use_07_metric)
+        result = eval_voc(records, detections, ids(3), iou_threshold, use_07_metric)
         for c in range(2):
             if result["num_gt"][c] == 0:
                 assert math.isnan(result["ap"][c])
@@ -213,14 +235,14 @@ def perfect_case():
                make_record("b", [[21, 31, 171, 181]], [0]),
                make_record("c", [[1, 1, 500, 400], [301, 201, 341, 221], [51, 61, 71, 81]], [2, 0, 1])]
     detections = [det(r.image_id, int(label) + 1, box.tolist(), 0.9)
-                  for r in records for box, label in zip(r.boxes_voc, r.labels)]
+                  for r in records for box, label in zip(voc_boxes(r), r.labels)]
     return records, detections
 
 
 def test_perfect_predictions_score_one_everywhere():
     records, detections = perfect_case()
     for use_07_metric in (True, False):
-        assert eval_voc(records, detections, 3, use_07_metric=use_07_metric)["map"] == 1.0
+        assert eval_voc(records, detections, ids(3), use_07_metric=use_07_metric)["map"] == 1.0
     for backend in BACKENDS:
         # pycocotools averages 101 recall points x 10 thresholds in float64: 1 to within rounding
         assert eval_coco(records, detections, ["a", "b", "c"], backend=backend) == pytest.approx(
@@ -233,11 +255,11 @@ def test_detections_from_model_boxes_are_perfect():
     for r in records:
         scores = torch.full((len(r.labels),), 0.7)
         boxes_xyxy, labels = torch.from_numpy(r.boxes_xyxy), torch.from_numpy(r.labels)
-        detections += detections_from_xyxy(r.image_id, boxes_xyxy, scores, labels)
-    # xyxy (10, 10, 31, 31) is the annotation box (11, 11, 31, 31): x = xmin, w = xmax - xmin
-    assert detections[0] == {"image_id": "a", "category_id": 1, "bbox": [11.0, 11.0, 20.0, 20.0],
+        detections += detections_from_xyxy(r.image_id, boxes_xyxy, scores, labels, ids(3))
+    # xyxy (10, 10, 31, 31) is the annotation box (11, 11, 31, 31): COCO's x = x1, w = x2 - x1 (21 pixels)
+    assert detections[0] == {"image_id": "a", "category_id": 1, "bbox": [10.0, 10.0, 21.0, 21.0],
                              "score": pytest.approx(0.7, abs=1e-7)}
-    assert eval_voc(records, detections, 3)["map"] == 1.0
+    assert eval_voc(records, detections, ids(3))["map"] == 1.0
     assert eval_coco(records, detections, ["a", "b", "c"])["AP"] == pytest.approx(1.0, abs=1e-12)
 
 
@@ -246,11 +268,11 @@ def test_difficult_objects_are_ignored():
     records = [make_record("a", [box, hard_box], [0, 0], difficult=[False, True])]
     on_hard_box = det("a", 1, hard_box, 0.9)  # ranked first: were it a FP, precision at the TP would be 1/2
     on_box = det("a", 1, box, 0.5)
-    result = eval_voc(records, [on_hard_box, on_box], 1, use_07_metric=False)
+    result = eval_voc(records, [on_hard_box, on_box], ids(1), use_07_metric=False)
     assert result["ap"][0] == 1.0 and result["num_gt"][0] == 1 and result["num_difficult"][0] == 1
     np.testing.assert_array_equal(result["precision"][0], [1.0])  # the ignored detection is not on the curve
     # an undetected difficult box costs nothing
-    assert eval_voc(records, [on_box], 1, use_07_metric=False)["ap"][0] == 1.0
+    assert eval_voc(records, [on_box], ids(1), use_07_metric=False)["ap"][0] == 1.0
     for backend in BACKENDS:
         for detections in ([on_hard_box, on_box], [on_box]):
             assert eval_coco(records, detections, ["x"], backend=backend)["AP"] == pytest.approx(1, abs=1e-12)
@@ -258,7 +280,7 @@ def test_difficult_objects_are_ignored():
 
 def test_only_difficult_ground_truth_and_detections_on_it():
     records = [make_record("a", [[11, 11, 60, 60]], [0], difficult=[True])]
-    result = eval_voc(records, [det("a", 1, [11, 11, 60, 60], 0.9)], 1)
+    result = eval_voc(records, [det("a", 1, [11, 11, 60, 60], 0.9)], ids(1))
     assert result["num_gt"][0] == 0 and math.isnan(result["ap"][0]) and math.isnan(result["map"])
 
 
@@ -266,7 +288,7 @@ def test_duplicates_are_false_positives():
     box_a, box_b = [11, 11, 60, 60], [101, 101, 150, 150]
     records = [make_record("a", [box_a, box_b], [0, 0])]
     detections = [det("a", 1, box_a, 0.9), det("a", 1, box_a, 0.8), det("a", 1, box_b, 0.7)]
-    result = eval_voc(records, detections, 1, use_07_metric=False)
+    result = eval_voc(records, detections, ids(1), use_07_metric=False)
     np.testing.assert_allclose(result["precision"][0], [1, 1 / 2, 2 / 3], atol=1e-12)
     np.testing.assert_allclose(result["recall"][0], [1 / 2, 1 / 2, 1], atol=1e-12)
     assert result["ap"][0] == pytest.approx(0.5 + 0.5 * 2 / 3, abs=1e-12)
@@ -278,7 +300,7 @@ def test_detection_is_matched_to_its_best_box_even_when_taken():
     box_a, box_b = [1, 1, 100, 100], [11, 1, 110, 100]
     records = [make_record("a", [box_a, box_b], [0, 0])]
     detections = [det("a", 1, box_a, 0.9), det("a", 1, [2, 1, 101, 100], 0.8)]
-    result = eval_voc(records, detections, 1)
+    result = eval_voc(records, detections, ids(1))
     np.testing.assert_allclose(result["recall"][0], [0.5, 0.5], atol=1e-12)
 
 
@@ -288,15 +310,15 @@ def test_equal_overlaps_go_to_the_first_annotated_box():
     box, hard_box, detection = [3, 1, 12, 10], [1, 1, 10, 10], det("a", 1, [2, 1, 11, 10], 0.9)
     hard_first = [make_record("a", [hard_box, box], [0, 0], difficult=[True, False])]
     normal_first = [make_record("a", [box, hard_box], [0, 0], difficult=[False, True])]
-    assert eval_voc(hard_first, [detection], 1)["recall"][0].size == 0  # ignored: not a point of the curve
-    assert eval_voc(normal_first, [detection], 1)["ap"][0] == 1.0
+    assert eval_voc(hard_first, [detection], ids(1))["recall"][0].size == 0  # ignored: not a point of the curve
+    assert eval_voc(normal_first, [detection], ids(1))["ap"][0] == 1.0
 
 
 def test_class_without_ground_truth_is_excluded_from_the_mean():
     box = [11, 11, 60, 60]
     records = [make_record("a", [box], [0])]
     detections = [det("a", 1, box, 0.9), det("a", 2, box, 0.95)]
-    result = eval_voc(records, detections, 2)
+    result = eval_voc(records, detections, ids(2))
     assert result["ap"][0] == 1.0 and math.isnan(result["ap"][1]) and result["map"] == 1.0
     assert result["num_det"].tolist() == [1, 1] and result["recall"][1].size == 0
     for backend in BACKENDS:  # pycocotools also skips categories without ground truth
@@ -307,18 +329,18 @@ def test_class_without_ground_truth_is_excluded_from_the_mean():
 def test_eval_voc_rejects_bad_input():
     records = [make_record("a", [[1, 1, 5, 5]], [0])]
     with pytest.raises(ValueError, match="not in the ground truth"):
-        eval_voc(records, [det("zzz", 1, [1, 1, 5, 5], 0.5)], 1)
-    with pytest.raises(ValueError, match="category_id must be in 1..1"):
-        eval_voc(records, [det("a", 2, [1, 1, 5, 5], 0.5)], 1)
+        eval_voc(records, [det("zzz", 1, [1, 1, 5, 5], 0.5)], ids(1))
+    with pytest.raises(ValueError, match=r"category_id 2 is none of the dataset's \[1\]"):
+        eval_voc(records, [det("a", 2, [1, 1, 5, 5], 0.5)], ids(1))
     with pytest.raises(ValueError, match="iou_threshold"):
-        eval_voc(records, [], 1, iou_threshold=0.0)
+        eval_voc(records, [], ids(1), iou_threshold=0.0)
     with pytest.raises(ValueError, match="appears twice"):
-        eval_voc(records + records, [], 1)
+        eval_voc(records + records, [], ids(1))
 
 
 def test_no_detections_give_zero():
     records, _ = perfect_case()
-    assert eval_voc(records, [], 3)["map"] == 0.0
+    assert eval_voc(records, [], ids(3))["map"] == 0.0
     for backend in BACKENDS:
         assert eval_coco(records, [], ["a", "b", "c"], backend=backend)["AP"] == 0.0
 
@@ -364,7 +386,7 @@ def test_coco_silent_unless_verbose(capsys):
 def test_unknown_coco_backend():
     records, detections = perfect_case()
     with pytest.raises(ValueError, match="unknown COCO backend 'detectron'"):
-        evaluate_detections(records, detections, ["a", "b", "c"], coco_backend="detectron")
+        evaluate_detections(split_of(records, ["a", "b", "c"]), detections, coco_backend="detectron")
 
 
 # ----------------------------------------------------------------------------- report
@@ -373,10 +395,10 @@ def test_unknown_coco_backend():
 def test_evaluate_detections_is_json_and_consistent():
     records, detections = random_case(1, num_images=10)
     classes = ["a", "b", "c"]
-    results, pr_curves = evaluate_detections(records, detections, classes, coco_backend="faster")
+    results, pr_curves = evaluate_detections(split_of(records, classes), detections, coco_backend="faster")
     json.dumps(results, allow_nan=False)  # strict JSON: undefined values are null, not NaN
-    voc07 = eval_voc(records, detections, 3, use_07_metric=True)
-    voc = eval_voc(records, detections, 3, use_07_metric=False)
+    voc07 = eval_voc(records, detections, ids(3), use_07_metric=True)
+    voc = eval_voc(records, detections, ids(3), use_07_metric=False)
     assert results["voc07_map50"] == pytest.approx(voc07["map"], abs=1e-12)
     assert results["voc_map50"] == pytest.approx(voc["map"], abs=1e-12)
     coco = eval_coco(records, detections, classes, backend="faster")
@@ -385,17 +407,19 @@ def test_evaluate_detections_is_json_and_consistent():
     assert results["per_class"]["a"]["ap50_voc07"] == pytest.approx(voc07["ap"][0], abs=1e-12)
     assert results["per_class"]["c"]["ap50_voc"] is None  # no ground truth
     assert results["per_class"]["b"]["num_gt"] == voc["num_gt"][1]
-    assert results["num_detections"] == len(detections) and results["num_images"] == 10
+    assert results["num_detections"] == len(detections)
+    assert results["num_images"] == results["num_images_listed"] == 10
     np.testing.assert_array_equal(pr_curves["a"]["precision"], voc["precision"][0])
 
     table = format_results(results, classes)
+    assert table.splitlines()[0] == "10 of 10 images scored"
     assert f"11-point {results['voc07_map50']:.4f} | all-point {results['voc_map50']:.4f}" in table
-    assert table.splitlines()[3].startswith("c") and "n/a" in table.splitlines()[3]
+    assert table.splitlines()[4].startswith("c") and "n/a" in table.splitlines()[4]
 
 
 def test_voc_pr_curves_recall_ends_at_final_recall():
     records, detections = random_case(3)
-    curves = voc_pr_curves(records, detections, 3)
+    curves = voc_pr_curves(records, detections, ids(3))
     for c in range(2):
         if curves["recall"][c].size:
             assert np.all(np.diff(curves["recall"][c]) >= 0) and curves["recall"][c][-1] <= 1.0
@@ -404,8 +428,9 @@ def test_voc_pr_curves_recall_ends_at_final_recall():
 # ----------------------------------------------------------------------------- detections files
 
 
-def split():
-    return [make_record("2008_000001", [[1, 1, 5, 5]], [0]), make_record("2008_000002", [[1, 1, 5, 5]], [0])]
+def split(num_classes=20):
+    return split_of([make_record("2008_000001", [[1, 1, 5, 5]], [0]), make_record("2008_000002", [[1, 1, 5, 5]], [0])],
+                    [f"c{i}" for i in range(num_classes)])
 
 
 def test_save_then_load_round_trip(tmp_path):
@@ -414,10 +439,10 @@ def test_save_then_load_round_trip(tmp_path):
     path = tmp_path / "sub" / "dets.json"
     save_detections(detections, path)
     assert [p.name for p in path.parent.iterdir()] == ["dets.json"]  # no temp file left
-    loaded = load_detections(path, split(), [f"c{i}" for i in range(20)])
+    loaded = load_detections(path, split())
     assert loaded == [
         {"image_id": "2008_000001", "category_id": 3, "bbox": [1.5, 2.0, 3.0, 4.25], "score": 0.5},
-        {"image_id": "2008_000002", "category_id": 20, "bbox": [1, 1, 4, 4], "score": 0.25}]
+        {"image_id": "2008_000002", "category_id": 20, "bbox": [0, 0, 5, 5], "score": 0.25}]
 
 
 def test_failed_save_keeps_previous_file(tmp_path):
@@ -436,14 +461,17 @@ GOOD = {"image_id": "2008_000001", "category_id": 1, "bbox": [1, 2, 3, 4], "scor
     (json.dumps({"detections": []}), "expected a JSON list of detections, got dict"),
     (json.dumps([GOOD, [1, 2]]), "entry 1 is a list, expected an object with keys image_id, category_id"),
     (json.dumps([{k: v for k, v in GOOD.items() if k != "score"}]), "entry 0 lacks score"),
-    (json.dumps([{**GOOD, "image_id": 1}]), "entry 0 has image_id 1; it must be a string"),
+    (json.dumps([{**GOOD, "image_id": 1.5}]), "entry 0 has image_id 1.5; it must be the dataset's image id, a "
+                                               "string such as \"2008_000123\" or a COCO integer id"),
+    (json.dumps([{**GOOD, "image_id": 1}]), "1 image ids are not in the split (2 images, ids such as '2008_000001'), "
+                                            "e.g. 1"),
     (json.dumps([{**GOOD, "category_id": 1.0}]), "entry 0 has category_id 1.0; it must be an integer"),
     (json.dumps([{**GOOD, "category_id": True}]), "entry 0 has category_id True; it must be an integer"),
     (json.dumps([{**GOOD, "bbox": [1, 2, 3]}]), "entry 0 has bbox [1, 2, 3]; it must be a list of 4 numbers"),
     (json.dumps([{**GOOD, "score": "high"}]), "entry 0 has score 'high'; it must be a number"),
     (json.dumps([GOOD, {**GOOD, "category_id": 0}, {**GOOD, "category_id": 21}]),
-     "2 entries have category_id outside 1..20, first entry 1 (category_id 0)"),
-    (json.dumps([{**GOOD, "category_id": 10 ** 30}]), "1 entries have category_id outside 1..20"),
+     "2 entries have a category_id that is not the dataset's (1..20), first entry 1 (category_id 0)"),
+    (json.dumps([{**GOOD, "category_id": 10 ** 30}]), "1 entries have a category_id that is not the dataset's"),
     (json.dumps([GOOD, {**GOOD, "bbox": [1, 2, -3, 4]}]),
      "1 entries have a negative bbox width or height, first entry 1"),
     ('[{"image_id": "2008_000001", "category_id": 1, "bbox": [1, NaN, 3, 4], "score": 0.5}]',
@@ -451,23 +479,23 @@ GOOD = {"image_id": "2008_000001", "category_id": 1, "bbox": [1, 2, 3, 4], "scor
     ('[{"image_id": "2008_000001", "category_id": 1, "bbox": [1, 2, 3, 4], "score": Infinity}]',
      "a non-finite score"),
     (json.dumps([GOOD] + [{**GOOD, "image_id": f"2012_{i:06d}"} for i in range(7)]),
-     "7 image ids are not in the split (2 images), e.g. '2012_000000', '2012_000001', '2012_000002', "
-     "'2012_000003', '2012_000004'"),
+     "7 image ids are not in the split (2 images, ids such as '2008_000001'), e.g. '2012_000000', '2012_000001', "
+     "'2012_000002', '2012_000003', '2012_000004'"),
 ])
 def test_load_detections_rejects_bad_files_in_one_line(tmp_path, content, message):
     path = tmp_path / "dets.json"
     path.write_text(content)
     with pytest.raises(DetectionsFormatError) as error:
-        load_detections(path, split(), [f"c{i}" for i in range(20)])
+        load_detections(path, split())
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
 def test_load_detections_missing_file(tmp_path):
     with pytest.raises(DetectionsFormatError, match="cannot read detections file .*: No such file"):
-        load_detections(tmp_path / "nope.json", split(), ["x"])
+        load_detections(tmp_path / "nope.json", split(1))
 
 
 def test_load_detections_accepts_empty_list(tmp_path):
     path = tmp_path / "dets.json"
     path.write_text("[]")
-    assert load_detections(path, split(), ["x"]) == []
+    assert load_detections(path, split(1)) == []

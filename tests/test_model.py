@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_args
 from yolo.config import ConfigError, LossConfig, ModelConfig
 from yolo.decode import decode
-from yolo.losses import CLS_LOSSES, SIGMOID_CLS_LOSSES, detection_loss, prior_bias
+from yolo.losses import CLS_LOSSES, CONF_LOSSES, SIGMOID_CLS_LOSSES, detection_loss, init_loss_state, prior_bias
 from yolo.model import YOLO, build_model, imagenet_state_dict, load_backbone
 from yolo.targets import assign_targets, make_grid
 
@@ -81,15 +81,20 @@ def _perfect_preds(targets, grid, margin=12.0):
     return preds
 
 
-@pytest.mark.parametrize("cls_loss", list(CLS_LOSSES))
+@pytest.mark.parametrize("cls_loss,conf_loss", [(name, "mse") for name in CLS_LOSSES]
+                         + [("ce", name) for name in CONF_LOSSES if name != "mse"]
+                         + [("ce", "mse_iou"), ("ce", "bce_iou")])
 @pytest.mark.parametrize("box_loss", ["yolov1", "giou"])
-def test_perfect_predictions_cost_less_than_random_ones(cls_loss, box_loss):
+def test_perfect_predictions_cost_less_than_random_ones(cls_loss, conf_loss, box_loss):
     grid = make_grid((SIZE, SIZE), (8, 16, 32))
     boxes, labels = _batch()
     targets = assign_targets(boxes, labels, grid, (SIZE, SIZE), (24.0, 48.0))
-    cfg = LossConfig(cls_loss=cls_loss, box_loss=box_loss)
-    perfect = detection_loss(_perfect_preds(targets, grid), targets, grid, cfg)
-    random = detection_loss(torch.randn(2, grid.num_cells, 1 + C + 4), targets, grid, cfg)
+    cfg = LossConfig(cls_loss=cls_loss, conf_loss=conf_loss.removesuffix("_iou"), box_loss=box_loss,
+                     conf_target="iou" if conf_loss.endswith("_iou") else "auto")
+    perfect = detection_loss(_perfect_preds(targets, grid), targets, grid, cfg,
+                             state=init_loss_state(cls_loss, C))
+    random = detection_loss(torch.randn(2, grid.num_cells, 1 + C + 4), targets, grid, cfg,
+                            state=init_loss_state(cls_loss, C))
     expected = {"obj", "noobj", "cls", "total"} | ({"box_xy", "box_wh"} if box_loss == "yolov1" else {"box_iou"})
     assert set(perfect) == expected
     for name in expected - {"box_xy", "total"}:  # BCE on soft offsets never reaches 0
@@ -137,7 +142,7 @@ def test_decode_keeps_top_k_and_suppresses_duplicates():
 
 
 def test_sigmoid_scoring_is_used_for_sigmoid_losses_only():
-    assert SIGMOID_CLS_LOSSES == {"sigmoid_focal"}
+    assert SIGMOID_CLS_LOSSES == {"sigmoid_focal", "poly1_focal", "efl"}
     grid = make_grid((SIZE, SIZE), (32,))
     preds = torch.full((1, grid.num_cells, 1 + C + 4), 0.0)
     preds[..., 0] = 20.0
@@ -153,7 +158,10 @@ def test_sigmoid_scoring_is_used_for_sigmoid_losses_only():
     ("auto", "sigmoid_focal", 3, 2, False),      # still in the CE warm-up: the head was trained as a softmax
     ("auto", "sigmoid_focal", 3, 3, True),
     ("softmax", "sigmoid_focal", 0, 5, False),   # the reference's decoding of every head
-    ("sigmoid", "ce", 0, 5, True)])
+    ("sigmoid", "ce", 0, 5, True),
+    ("auto", "efl", 0, 5, True), ("auto", "poly1_focal", 0, 5, True), ("auto", "seesaw", 0, 5, False),
+    ("auto", "my_losses:sigmoid_poly", 0, 5, False),    # a user's loss is never imported to know: softmax ...
+    ("sigmoid", "my_losses:sigmoid_poly", 0, 5, True)])  # ... unless the user says otherwise
 def test_eval_cls_scoring_chooses_softmax_or_sigmoid(scoring, cls_loss, warmup, epoch, expected):
     from yolo.config import Config
     from yolo.engine import sigmoid_scoring

@@ -46,6 +46,26 @@ def test_two_epochs_equal_one_epoch_then_resume(tiny_config, ema):
         _assert_same_weights(straight_ema["module"], resumed_ema["module"])
 
 
+@pytest.mark.parametrize("cls_loss", ["seesaw", "efl"])
+def test_stateful_losses_resume_bit_exactly_with_their_statistics(tiny_config, cls_loss):
+    """8 steps straight against 4 steps, a checkpoint, a fresh process state and 4 more: the same weights and the
+    same running statistics, bit for bit (the statistics travel in the checkpoint)."""
+    tiny_config.loss.cls_loss = cls_loss
+    fit(tiny_config, progress=False)
+    straight = load_checkpoint(tiny_config.run_dir / "last.pt")
+    assert straight["loss_state"] and all(v.sum() > 0 for v in straight["loss_state"].values())
+
+    tiny_config.name, tiny_config.train.epochs = "split", 1
+    fit(tiny_config, progress=False)
+    halfway = load_checkpoint(tiny_config.run_dir / "last.pt")["loss_state"]
+    tiny_config.train.epochs = 2
+    fit(tiny_config, resume=str(tiny_config.run_dir / "last.pt"), progress=False)
+    resumed = load_checkpoint(tiny_config.run_dir / "last.pt")
+    _assert_same_weights(straight["model"], resumed["model"])
+    _assert_same_weights(straight["loss_state"], resumed["loss_state"])
+    assert not any(torch.equal(halfway[k], resumed["loss_state"][k]) for k in halfway)   # it kept accumulating
+
+
 def test_ema_follows_the_weights_with_a_warming_up_decay():
     from yolo.engine import ModelEMA
     from yolo.model import YOLO

@@ -12,8 +12,10 @@ import torch
 from yolo.boxes import voc_to_xyxy
 from yolo.data.shapes import generate
 from yolo.data.transforms import eval_transform, to_original, train_transform
-from yolo.data.voc import (VOC_CLASSES, DatasetError, ImageDecodeError, VOCDataset, decode_image, load_records,
-                           parse_annotation, parse_spec, read_classes, read_image_size)
+from yolo.data.dataset import DetectionDataset
+from yolo.data.images import ImageDecodeError, decode_image, read_image_size
+from yolo.data.record import DatasetError
+from yolo.data.voc import VOC_CLASSES, load_records, parse_annotation, parse_spec, read_classes
 
 VOC_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "voc-sample"
 needs_sample = pytest.mark.skipif(
@@ -77,16 +79,17 @@ def test_records_match_the_xml_files():
     for record in records:
         expected = _xml_objects(record.image_path.parent.parent / "Annotations" / f"{record.image_id}.xml")
         assert [VOC_CLASSES[k] for k in record.labels] == [name for name, _, _, _ in expected]
-        assert record.difficult.tolist() == [bool(d) for _, d, _, _ in expected]
+        assert record.ignore.tolist() == [bool(d) for _, d, _, _ in expected] and not record.crowd.any()
         assert record.truncated.tolist() == [bool(t) for _, _, t, _ in expected]
-        np.testing.assert_array_equal(record.boxes_voc, np.array([b for *_, b in expected]).reshape(-1, 4))
+        xml_boxes = np.array([b for *_, b in expected], dtype=np.float32).reshape(-1, 4)
+        np.testing.assert_array_equal(record.boxes_xyxy, voc_to_xyxy(xml_boxes))
         assert (record.width, record.height) == read_image_size(record.image_path)
     chairs = next(r for r in records if r.image_id == "000005")
     assert [VOC_CLASSES[k] for k in chairs.labels] == ["chair"] * 5
-    assert chairs.difficult.tolist() == [False, False, True, False, True]
+    assert chairs.ignore.tolist() == [False, False, True, False, True]
     voc2012 = load_records(VOC_SAMPLE, "2012:trainval")
     assert sum(len(r.labels) for r in voc2012) == 284
-    assert sum(int(r.difficult.sum()) for r in voc2012) == 38
+    assert sum(int(r.ignore.sum()) for r in voc2012) == 38
     assert set(np.concatenate([r.labels for r in voc2012]).tolist()) == set(range(20))
 
 
@@ -95,8 +98,9 @@ def test_boxes_are_converted_once_to_pixel_edges():
     record = next(r for r in load_records(VOC_SAMPLE, "2007:trainval") if r.image_id == "000005")
     # XML 263..324 inclusive is 62 pixels wide: pixel-edge x1 = 262, x2 = 324.
     np.testing.assert_array_equal(record.boxes_xyxy[0], [262, 210, 324, 339])
-    np.testing.assert_array_equal(record.boxes_xyxy, voc_to_xyxy(record.boxes_voc))
-    widths_voc = record.boxes_voc[:, 2] - record.boxes_voc[:, 0] + 1
+    xml_boxes = np.array([b for *_, b in _xml_objects(record.image_path.parent.parent / "Annotations" /
+                                                      "000005.xml")], dtype=np.float32)
+    widths_voc = xml_boxes[:, 2] - xml_boxes[:, 0] + 1
     np.testing.assert_array_equal(record.boxes_xyxy[:, 2] - record.boxes_xyxy[:, 0], widths_voc)
 
 
@@ -104,22 +108,22 @@ def test_boxes_are_converted_once_to_pixel_edges():
 @pytest.mark.parametrize("mode", ["stretch", "letterbox"])
 def test_dataset_target_and_inverse_mapping(mode):
     records = [r for r in load_records(VOC_SAMPLE, "2007:trainval") if r.image_id == "000005"]
-    image, target = VOCDataset(records, eval_transform(320, mode))[0]
+    image, target = DetectionDataset(records, eval_transform(320, mode))[0]
     assert image.dtype == torch.uint8 and image.shape == (3, 320, 320)
     assert image.permute(1, 2, 0).is_contiguous()          # a CHW view of the HWC pixels (see collate)
     assert target["image_id"] == "000005" and target["index"] == 0 and target["orig_size"] == (375, 500)
     assert target["labels"].tolist() == [8, 8, 8]               # the two difficult chairs are left out
     back = to_original(target["boxes_xyxy"], target["scale"], target["pad"])
-    torch.testing.assert_close(back, torch.from_numpy(records[0].boxes_xyxy[~records[0].difficult]),
+    torch.testing.assert_close(back, torch.from_numpy(records[0].boxes_xyxy[~records[0].ignore]),
                                atol=1e-3, rtol=0)
-    _, with_difficult = VOCDataset(records, eval_transform(320, mode), keep_difficult=True)[0]
+    _, with_difficult = DetectionDataset(records, eval_transform(320, mode), keep_difficult=True)[0]
     assert with_difficult["labels"].tolist() == [8] * 5
 
 
 @needs_sample
 def test_dataset_pixels_match_a_plain_resize():
     record = load_records(VOC_SAMPLE, "2007:test")[0]
-    image, _ = VOCDataset([record], eval_transform(256))[0]
+    image, _ = DetectionDataset([record], eval_transform(256))[0]
     expected = cv2.resize(cv2.cvtColor(cv2.imread(str(record.image_path)), cv2.COLOR_BGR2RGB), (256, 256))
     np.testing.assert_array_equal(image.permute(1, 2, 0).numpy(), expected)
 
@@ -136,8 +140,8 @@ def test_decode_failure_is_logged_once_and_substituted(shapes_root, tmp_path, ca
     shutil.copytree(shapes_root, root)
     records = load_records(root, "shapes:train")
     records[2].image_path.write_bytes(b"\xff\xd8 not really a jpeg")
-    dataset = VOCDataset(records, eval_transform(64))
-    with caplog.at_level(logging.WARNING, logger="yolo.data.voc"):
+    dataset = DetectionDataset(records, eval_transform(64))
+    with caplog.at_level(logging.WARNING, logger="yolo.data.dataset"):
         image, target = dataset[(2, 123)]
         again, _ = dataset[2]
     assert target["index"] == 3 and target["image_id"] == records[3].image_id
@@ -173,7 +177,7 @@ def test_object_checks_drop_or_clip_in_memory(tmp_path):
     (tmp_path / "img.xml").write_text(xml)
     (tmp_path / "img.jpg").write_bytes(b"")
     record, problems = parse_annotation(tmp_path / "img.xml", tmp_path, ("cat",), check_image_size=False)
-    np.testing.assert_array_equal(record.boxes_voc, [[1, 1, 10, 10], [1, 1, 10, 10], [490, 1, 500, 10]])
+    np.testing.assert_array_equal(record.boxes_xyxy, [[0, 0, 10, 10], [0, 0, 10, 10], [489, 0, 500, 10]])
     assert [(p.kind, p.action) for p in problems] == [
         ("box outside image", "box clipped"), ("box outside image", "box clipped"),
         ("box outside image", "object dropped"), ("degenerate box", "object dropped"),
@@ -184,13 +188,13 @@ def test_object_checks_drop_or_clip_in_memory(tmp_path):
 
 def test_training_samples_never_alter_the_records(shapes_root):
     records = load_records(shapes_root, "shapes:train")
-    before = [(r.boxes_voc.copy(), r.labels.copy()) for r in records]
-    dataset = VOCDataset(records, train_transform(48))
+    before = [(r.boxes_xyxy.copy(), r.labels.copy()) for r in records]
+    dataset = DetectionDataset(records, train_transform(48))
     first = dataset[(1, 77)]
     for key in range(40):
         dataset[(key % len(records), key)]
     again = dataset[(1, 77)]
     assert torch.equal(first[0], again[0]) and torch.equal(first[1]["boxes_xyxy"], again[1]["boxes_xyxy"])
     for record, (boxes, labels) in zip(records, before):
-        np.testing.assert_array_equal(record.boxes_voc, boxes)
+        np.testing.assert_array_equal(record.boxes_xyxy, boxes)
         np.testing.assert_array_equal(record.labels, labels)

@@ -190,6 +190,7 @@ def _candidate_step(cfg, device, num_classes: int, batch_size: int, amp: str, ch
     from yolo.bench.common import synthetic_batch
     from yolo.engine import train_step
     from yolo.fit import build_optimizer
+    from yolo.losses import init_loss_state
     from yolo.model import build_model
     model = build_model(dataclasses.replace(cfg.model, pretrained="none"), num_classes).to(device)
     images, boxes, labels = synthetic_batch(batch_size, cfg.data.img_size, num_classes, device)
@@ -199,8 +200,9 @@ def _candidate_step(cfg, device, num_classes: int, batch_size: int, amp: str, ch
     optimizer = build_optimizer(model, cfg.train)
     amp_dtype = AMP_DTYPES[amp]
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    loss_state = init_loss_state(cfg.loss.cls_loss, num_classes, device)   # a stateful class loss needs its own
     return lambda: train_step(model, images, boxes, labels, optimizer, cfg, cls_loss=cfg.loss.cls_loss,
-                              scaler=scaler, amp_dtype=amp_dtype)
+                              scaler=scaler, amp_dtype=amp_dtype, loss_state=loss_state)
 
 
 def describe(choice: Choice) -> str:

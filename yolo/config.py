@@ -25,7 +25,7 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     dataset: str = "voc"                     # voc | shapes (the synthetic set, generated on first use)
-    root: str = "data/VOCdevkit"             # devkit root holding VOC2007/, VOC2012/ (or VOCshapes/)
+    root: str = "data/VOCdevkit"             # a VOC devkit, a COCO JSON (or its folder), a YOLO data.yaml
     train: str = "2007:trainval+2012:trainval"
     val: str = "2007:test"                   # evaluated during training (monitoring and best.pt)
     test: str = "2007:test"                  # what eval.py scores by default
@@ -44,6 +44,8 @@ class DataConfig:
     shapes_val: int = 500
     shapes_test: int = 500
     shapes_size: int = 160
+    format: str = "auto"                     # auto (from data.root) | voc | coco | yolo: the layout read
+    drop_background: bool = False            # leave training images without any annotation out
 
 
 @dataclass
@@ -75,6 +77,14 @@ class LossConfig:
     cls_weight: float = 1.0
     box_weight: float = 1.0
     cls_loss_warmup_epochs: int = 0          # train with ce for this many epochs, then switch to cls_loss
+    # added after protocol 3 (yolo.ablate.plan.HASH_NEUTRAL holds these defaults): docs/losses.md
+    conf_target: str = "auto"                # one | iou (Pr(object) x IoU) | auto: iou for qfl and vfl, else one
+    conf_iou_floor: float = 0.0              # the IoU target is at least this on positive cells
+    vfl_alpha: float = 0.75                  # for conf_loss = vfl: the weight of its negative term
+    poly_epsilon: float = 1.0                # for cls_loss = poly1 / poly1_focal
+    seesaw_p: float = 0.8                    # for cls_loss = seesaw: mitigation exponent ...
+    seesaw_q: float = 2.0                    # ... and compensation exponent
+    efl_scale: float = 8.0                   # for cls_loss = efl: gamma_j = gamma + efl_scale * (1 - g_j)
 
 
 @dataclass
@@ -112,6 +122,7 @@ class EvalConfig:
     pre_nms_topk: int = 1000
     coco_backend: str = "pycocotools"        # pycocotools | faster
     cls_scoring: str = "auto"                # class scores at inference: auto (match the loss) | softmax | sigmoid
+    skip_unreadable: bool = False            # score the rest of a split with unreadable images (else an error)
 
 
 @dataclass
@@ -137,6 +148,7 @@ SECTIONS = ("data", "model", "loss", "train", "eval")
 CHOICES = {
     ("data", "dataset"): ("voc", "shapes"),
     ("data", "eval_resize"): ("stretch", "letterbox"),
+    ("data", "format"): ("auto", "voc", "coco", "yolo"),
     ("model", "neck"): ("fpn", "spp"),
     ("train", "optimizer"): ("sgd", "adamw"),
     ("train", "scheduler"): ("step", "cosine"),
@@ -225,16 +237,13 @@ def _update_section(section, name: str, values: dict, source: str):
 
 def validate(cfg: Config) -> Config:
     """Check values (choices, ranges, loss names) after all overrides were applied."""
-    from yolo.losses import BOX_LOSSES, CLS_LOSSES, CONF_LOSSES
+    from yolo.losses import check_loss_config
 
     for (section, key), allowed in CHOICES.items():
         value = getattr(getattr(cfg, section), key)
         if value not in allowed:
             raise ConfigError(f"{section}.{key}: {value!r} is not one of {', '.join(allowed)}")
-    for key, registry in (("conf_loss", CONF_LOSSES), ("cls_loss", CLS_LOSSES), ("box_loss", BOX_LOSSES)):
-        if getattr(cfg.loss, key) not in registry:
-            raise ConfigError(f"loss.{key}: unknown loss {getattr(cfg.loss, key)!r}; choose one of: "
-                              f"{', '.join(registry)}")
+    check_loss_config(cfg.loss)
     for size in [cfg.data.img_size, *cfg.data.multiscale]:
         if size <= 0 or size % 32:
             raise ConfigError(f"data.img_size / data.multiscale: {size} is not a positive multiple of 32")

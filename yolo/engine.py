@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from yolo.data.layout import require_complete
 from yolo.data.transforms import to_original
 from yolo.decode import decode
 from yolo.distributed import broadcast_object, gather_to_main
@@ -105,14 +106,15 @@ def _rescale(images, boxes, size: int):
     return images, boxes * scale
 
 
-def train_step(model, images, boxes, labels, optimizer, cfg, *, cls_loss: str, scaler, amp_dtype):
-    """One optimisation step; returns (loss terms, gradient norm) as device tensors (nothing is synced)."""
+def train_step(model, images, boxes, labels, optimizer, cfg, *, cls_loss: str, scaler, amp_dtype, loss_state=None):
+    """One optimisation step; returns (loss terms, gradient norm) as device tensors (nothing is synced).
+    ``loss_state``: the running statistics of a stateful class loss (``yolo.losses.state``), updated in place."""
     image_hw = tuple(images.shape[-2:])
     grid = grid_for(image_hw, unwrap(model).strides, images.device)
     with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         preds = model(images)                                                       # (N, A, 1 + C + 4)
     targets = assign_targets(boxes, labels, grid, image_hw, cfg.model.level_thresholds)
-    terms = detection_loss(preds, targets, grid, cfg.loss, cls_loss=cls_loss)
+    terms = detection_loss(preds, targets, grid, cfg.loss, cls_loss=cls_loss, state=loss_state)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(terms["total"]).backward()
     scaler.unscale_(optimizer)
@@ -125,7 +127,7 @@ def train_step(model, images, boxes, labels, optimizer, cfg, *, cls_loss: str, s
 
 def train_one_epoch(model, loader, optimizer, scheduler, cfg, epoch: int, *, device, scaler, amp_dtype=None,
                     channels_last: bool = False, ema=None, writer=None, progress=None, stop=None,
-                    start_step: int = 0, max_steps: int | None = None) -> dict:
+                    start_step: int = 0, max_steps: int | None = None, loss_state=None) -> dict:
     """Train for one epoch (from batch ``start_step`` when resuming mid-epoch; at most ``max_steps`` steps).
 
     ``stop`` (a ``yolo.stop.StopVote``) is asked after each step whether every rank stops: the epoch then ends so
@@ -147,7 +149,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, cfg, epoch: int, *, dev
             size = random.Random(cfg.train.seed * 1_000_003 + global_step).choice(cfg.data.multiscale)
             images, boxes = _rescale(images, boxes, size)
         terms, grad_norm = train_step(model, images, boxes, labels, optimizer, cfg, cls_loss=cls_loss,
-                                      scaler=scaler, amp_dtype=amp_dtype)
+                                      scaler=scaler, amp_dtype=amp_dtype, loss_state=loss_state)
         scheduler.step()
         if ema is not None:
             ema.update()
@@ -216,22 +218,24 @@ def predict(model, images, cfg, *, sigmoid_cls: bool, amp_dtype=None) -> list[di
     return decode(preds, grid, sigmoid_cls, e.conf_thresh, e.nms_iou, e.max_det, e.pre_nms_topk)
 
 
-def to_detection_records(dets: dict, meta: dict) -> list[dict]:
-    """One image's detections in the external JSON format: original-image annotation coordinates (see
-    ``yolo.boxes``), ``bbox`` = [x, y, w, h] with x1 = x, x2 = x + w, 1-based ``category_id``."""
+def to_detection_records(dets: dict, meta: dict, category_ids) -> list[dict]:
+    """One image's detections in the external JSON format (``yolo.metrics``): original-image pixel edges,
+    ``bbox`` = [x, y, w, h] with x1 = x, x2 = x + w, the dataset's image and ``category_ids``."""
     boxes = to_original(dets["boxes_xyxy"].float().cpu(), meta["scale"], meta["pad"], meta["orig_size"])
     return detections_from_xyxy(meta["image_id"], boxes.numpy(), dets["scores"].float().cpu().numpy(),
-                                dets["labels"].cpu().numpy())
+                                dets["labels"].cpu().numpy(), category_ids)
 
 
 def run_inference(model, loader, cfg, *, device, sigmoid_cls: bool, amp_dtype=None, channels_last: bool = False,
-                  on_batch=None) -> list[dict] | None:
-    """Detections of every image of ``loader``, each image once (the duplicates that pad the last rank's shard
-    removed), gathered on rank 0; None on the other ranks.
+                  on_batch=None):
+    """``(detections, unreadable)`` of every image of ``loader``, each image once (the duplicates that pad the
+    last rank's shard removed), gathered on rank 0: the detections list, and the record indices whose image could
+    not be read (no detections); ``(None, None)`` on the other ranks.
 
     ``on_batch(images, targets, dets)`` sees each batch (used to draw a few images for TensorBoard).
     """
     model.eval()
+    category_ids = loader.dataset.split.categories.ids
     per_image = {}
     for images, targets in loader:
         images = images.to(device, non_blocking=True)
@@ -241,32 +245,37 @@ def run_inference(model, loader, cfg, *, device, sigmoid_cls: bool, amp_dtype=No
         if on_batch is not None:
             on_batch(images, targets, dets)
         for det, meta in zip(dets, targets["meta"]):
-            per_image[meta["index"]] = to_detection_records(det, meta)
+            per_image[meta["index"]] = to_detection_records(det, meta, category_ids) if meta["readable"] else None
     parts = gather_to_main(per_image)
     if parts is None:
-        return None
+        return None, None
     merged = {}
     for part in parts:
         merged.update(part)
-    return [d for index in sorted(merged) for d in merged[index]]
+    unreadable = [index for index in sorted(merged) if merged[index] is None]
+    return [d for index in sorted(merged) if merged[index] is not None for d in merged[index]], unreadable
 
 
-def evaluate(model, loader, classes, cfg, *, device, sigmoid_cls: bool, amp_dtype=None, channels_last: bool = False,
+def evaluate(model, loader, cfg, *, device, sigmoid_cls: bool, amp_dtype=None, channels_last: bool = False,
              on_batch=None):
     """Score a model on the split of ``loader``: returns (metrics dict, PR curves, detections list).
 
-    Metrics: VOC07 11-point and all-point mAP@0.5 and COCO-style AP via ``yolo.metrics.evaluate_detections``.
-    Under DDP each rank infers its shard, rank 0 scores every image once and sends the metrics to the others
-    (their PR curves and detections are None). The model's buffers must be the same on every rank.
+    Metrics: VOC07 11-point and all-point mAP@0.5 and COCO-style AP via ``yolo.metrics.evaluate_detections``
+    on ``loader.dataset.split``. Under DDP each rank infers its shard, rank 0 scores every image once and sends the
+    metrics to the others (their PR curves and detections are None); the model's buffers must be the same on
+    every rank. An image that fails to decode is an error (``UnreadableImages``) unless ``eval.skip_unreadable``,
+    which scores the others.
     """
     tic = time.perf_counter()
-    detections = run_inference(model, loader, cfg, device=device, sigmoid_cls=sigmoid_cls, amp_dtype=amp_dtype,
-                               channels_last=channels_last, on_batch=on_batch)
+    detections, unreadable = run_inference(model, loader, cfg, device=device, sigmoid_cls=sigmoid_cls,
+                                           amp_dtype=amp_dtype, channels_last=channels_last, on_batch=on_batch)
     inference_s = time.perf_counter() - tic
     results = pr_curves = None
     if detections is not None:
-        results, pr_curves = evaluate_detections(loader.dataset.records, detections, classes,
-                                                 coco_backend=cfg.eval.coco_backend)
+        split = loader.dataset.split
+        require_complete(split, cfg.eval.skip_unreadable, unreadable)
+        results, pr_curves = evaluate_detections(split, detections, coco_backend=cfg.eval.coco_backend,
+                                                 unreadable=unreadable)
         logger.info("evaluated %d images in %.1f s (inference %.1f s)", len(loader.dataset.records),
                     time.perf_counter() - tic, inference_s)
     return broadcast_object(results), pr_curves, detections
@@ -276,8 +285,9 @@ def sigmoid_scoring(cfg, epoch: int) -> bool:
     """Whether class scores at inference are per-class sigmoids (else a softmax over classes).
 
     ``eval.cls_scoring``: ``auto`` matches the classification loss the head was trained with in ``epoch``
-    (sigmoid for ``sigmoid_focal``, softmax for the others); ``softmax`` / ``sigmoid`` force one, e.g. to score a
-    sigmoid-focal head the way the reference code base decodes every head, softmax(class) x sigmoid(object).
+    (sigmoid for ``SIGMOID_CLS_LOSSES``, softmax for the others and for a user's own loss, which is never imported
+    here); ``softmax`` / ``sigmoid`` force one, e.g. to score a sigmoid-focal head the way the reference code base
+    decodes every head, softmax(class) x sigmoid(object).
     """
     if cfg.eval.cls_scoring == "auto":
         return cls_loss_for_epoch(cfg, epoch) in SIGMOID_CLS_LOSSES

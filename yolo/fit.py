@@ -20,9 +20,12 @@ from yolo.config import ConfigError, check_resume, from_dict, parse_duration, sa
 from yolo.data.loader import build_loader, resolve_workers
 from yolo.data.shapes import ensure_shapes
 from yolo.data.transforms import SSD_MIN_IOUS, eval_transform, train_transform
-from yolo.data.voc import DatasetError, VOCDataset, load_records, read_classes
+from yolo.data.dataset import DetectionDataset
+from yolo.data.layout import load_role, read_categories, require_complete
+from yolo.data.record import DatasetError
 from yolo.engine import ModelEMA, evaluate, sigmoid_scoring, train_one_epoch
 from yolo.hardware import deterministic_algorithms, log_precision, precision_name
+from yolo.losses import check_user_losses, init_loss_state, load_loss_state
 from yolo.model import build_model
 from yolo.stop import StopRequest, StopVote
 
@@ -30,9 +33,10 @@ logger = logging.getLogger(__name__)
 
 HISTORY_KEYS = ("voc07_map50", "voc_map50", "coco_ap", "coco_ap50")   # the val curve kept with a run
 
-NO_DATA_HELP = """no PASCAL VOC data at {root}.
-  * Download it (about 2.8 GB):   python data/download_voc.py --root data/
-    (then data/VOCdevkit/VOC2007 and VOC2012 exist; or point --root at your own devkit folder)
+NO_DATA_HELP = """no dataset at {root}.
+  * PASCAL VOC: download it (about 2.8 GB):   python data/download_voc.py --root data/
+    (then data/VOCdevkit/VOC2007 and VOC2012 exist)
+  * Your own data: --data-root a VOC devkit, a COCO JSON or a YOLO data.yaml (README, "Your own data")
   * Or train on the embedded synthetic dataset, generated on first use (no download):
         python train.py --config configs/shapes.yaml"""
 
@@ -42,7 +46,8 @@ NO_DATA_HELP = """no PASCAL VOC data at {root}.
 
 
 def prepare_data(cfg) -> tuple[Path, tuple]:
-    """The devkit root and class list of ``cfg.data``; the synthetic set is generated on first use."""
+    """The dataset root and class names of ``cfg.data`` (any layout, see ``yolo.data.layout``); the synthetic set is
+    generated on first use."""
     root = Path(cfg.data.root)
     if cfg.data.dataset == "shapes":
         d = cfg.data
@@ -50,9 +55,9 @@ def prepare_data(cfg) -> tuple[Path, tuple]:
             ensure_shapes(root.parent, seed=d.shapes_seed, num_train=d.shapes_train, num_val=d.shapes_val,
                           num_test=d.shapes_test, image_size=d.shapes_size)
         distributed.barrier()
-    elif not root.is_dir():
+    elif not root.exists():
         raise DatasetError(NO_DATA_HELP.format(root=root))
-    return root, read_classes(root)
+    return root, read_categories(cfg).names
 
 
 def build_loaders(cfg, root, classes, rank: int, world_size: int, device: torch.device):
@@ -66,18 +71,38 @@ def build_loaders(cfg, root, classes, rank: int, world_size: int, device: torch.
     augment = train_transform(d.img_size, zoom_out_max=d.zoom_out_max, zoom_out_p=d.zoom_out_p,
                               min_ious=SSD_MIN_IOUS if d.min_iou_crop else (),
                               photometric_p=d.photometric_p, hflip_p=d.hflip_p)
-    train_set = VOCDataset(load_records(root, d.train, classes), augment, keep_difficult=d.train_difficult)
+    train_set = DetectionDataset(training_records(cfg), augment, keep_difficult=d.train_difficult)
     if len(train_set) // world_size < per_process:
         raise ConfigError(f"data.train {d.train} has {len(train_set)} images, fewer than one batch of "
                           f"train.batch_size {cfg.train.batch_size}: use --batch-size "
                           f"{max(world_size, len(train_set) // world_size * world_size)} or less")
-    val_set = VOCDataset(load_records(root, cfg.data.val, classes),
-                         eval_transform(cfg.data.img_size, cfg.data.eval_resize), keep_difficult=True)
+    val_set = evaluation_dataset(cfg, load_role(cfg, "val"))
     sharing = distributed.ranks_sharing_cores()
     common = dict(num_workers=resolve_workers(cfg.data.workers, device, sharing), seed=cfg.train.seed, rank=rank,
                   world_size=world_size, processes_on_host=distributed.local_world_size())
     return (build_loader(train_set, per_process, train=True, **common),
             build_loader(val_set, per_process, train=False, **common))
+
+
+def training_records(cfg) -> list:
+    """The records of ``data.train``, without images that have no annotation when ``data.drop_background``."""
+    records = load_role(cfg, "train").records
+    if cfg.data.drop_background:
+        kept = [r for r in records if len(r.labels)]
+        logger.info("data.drop_background: %d of %d training images have no annotation and are left out",
+                    len(records) - len(kept), len(records))
+        if not kept:
+            raise DatasetError(f"every training image of {cfg.data.root} is background: nothing to train on")
+        records = kept
+    return records
+
+
+def evaluation_dataset(cfg, split) -> DetectionDataset:
+    """The dataset scoring a split: refused when it lost images, unless ``eval.skip_unreadable``
+    (``yolo.data.layout.require_complete``); unreadable images are reported, never substituted."""
+    require_complete(split, cfg.eval.skip_unreadable)
+    return DetectionDataset.of_split(split, eval_transform(cfg.data.img_size, cfg.data.eval_resize),
+                                     keep_difficult=True, substitute=False)
 
 
 def build_optimizer(model, tcfg) -> torch.optim.Optimizer:
@@ -181,6 +206,7 @@ def _setup(cfg, resume, device, rank, world_size) -> tuple[dict, dict]:
     seed_everything(cfg.train.seed + rank)
     root, classes = prepare_data(cfg)
     ckpt = _resume_checkpoint(resume, cfg, classes) if resume else None
+    check_user_losses(cfg.loss, len(classes))       # imports the module a config names; checks it on random logits
     train_loader, val_loader = build_loaders(cfg, root, classes, rank, world_size, device)
     choice = _choose_runtime(cfg, device, len(classes), train_loader.batch_size, ckpt)
     model = build_model(cfg.model, len(classes)).to(device)
@@ -192,7 +218,8 @@ def _setup(cfg, resume, device, rank, world_size) -> tuple[dict, dict]:
                  scaler=torch.amp.GradScaler(device.type, enabled=choice.amp_dtype == torch.float16),
                  ema=ModelEMA(model, cfg.train.ema_decay, cfg.train.ema_ramp_steps) if cfg.train.ema else None,
                  train_loader=train_loader, val_loader=val_loader, amp_dtype=choice.amp_dtype,
-                 channels_last=choice.channels_last, schedule=cfg.train)
+                 channels_last=choice.channels_last, schedule=cfg.train,
+                 loss_state=init_loss_state(cfg.loss.cls_loss, len(classes), device))
     # the schedule is read at each step: a time budget's plan replaces it after the first steps
     parts["scheduler"] = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, steps_per_epoch, parts["schedule"]))
@@ -293,7 +320,7 @@ def _run_epoch(train_model, parts, state, epoch, device, writer, progress) -> di
         bar.update(state["step_in_epoch"])
     options = dict(device=device, scaler=parts["scaler"], amp_dtype=parts["amp_dtype"],
                    channels_last=parts["channels_last"], ema=parts["ema"], writer=writer, progress=bar,
-                   stop=parts["vote"])
+                   stop=parts["vote"], loss_state=parts["loss_state"])
 
     def train(start_step, max_steps=None):
         loader.sampler.skip(start_step * loader.batch_size)
@@ -371,7 +398,7 @@ def _evaluate(parts, val_loader, epoch, step, device, writer) -> dict:
     eval_model = parts["ema"].module if parts["ema"] is not None else parts["model"]
     distributed.broadcast_buffers(eval_model)   # every rank's shard scored with the statistics last.pt holds
     drawn, on_batch = image_collector(parts["classes"])
-    results, pr_curves, _ = evaluate(eval_model, val_loader, parts["classes"], cfg, device=device,
+    results, pr_curves, _ = evaluate(eval_model, val_loader, cfg, device=device,
                                      sigmoid_cls=sigmoid_scoring(cfg, epoch), amp_dtype=parts["amp_dtype"],
                                      channels_last=parts["channels_last"],
                                      on_batch=on_batch if writer is not None else None)
@@ -397,14 +424,15 @@ def _save(parts, state, name):
         "config": parts["cfg"].to_dict(),
         "classes": list(parts["classes"]),
         "rng": rng_state(),
+        "loss_state": parts["loss_state"],       # the statistics of a stateful class loss, {} for the others
         **state,
     }
     atomic_save(ckpt, parts["cfg"].run_dir / name)
 
 
 def _restore(ckpt, path, parts) -> dict:
-    """Load the weights, optimiser, schedule, scaler, EMA and RNG states of ``ckpt``; returns the loop state.
-    RNG states of devices this machine does not have are reported, not restored."""
+    """Load the weights, optimiser, schedule, scaler, EMA, RNG and loss states of ``ckpt``; returns the loop
+    state. RNG states of devices this machine does not have are reported, not restored."""
     try:
         parts["model"].load_state_dict(ckpt["model"])
         parts["optimizer"].load_state_dict(ckpt["optimizer"])
@@ -414,6 +442,7 @@ def _restore(ckpt, path, parts) -> dict:
             parts["ema"].load_state_dict(ckpt["ema"])
         for note in set_rng_state(ckpt["rng"]):
             logger.warning("--resume %s: %s", path, note)
+        load_loss_state(parts["loss_state"], ckpt.get("loss_state", {}))   # checkpoints before it: no statistics
         return {**{k: ckpt[k] for k in ("epoch", "step_in_epoch", "best", "metrics", "history", "train_s",
                                          "precision")}, "plan": ckpt.get("plan")}
     except (KeyError, TypeError, RuntimeError, ValueError) as exc:  # a file that passed the safe load, but not ours
@@ -465,19 +494,19 @@ def _no_download(model_cfg):
     return dataclasses.replace(model_cfg, pretrained="none")
 
 
-def evaluate_checkpoint(ckpt: dict, cfg, split: str, weights: str = "auto"):
-    """Score a checkpoint on ``split`` of ``cfg.data.root``: returns (results, pr_curves, detections)."""
+def evaluate_checkpoint(ckpt: dict, cfg, split: str | None = None, weights: str = "auto"):
+    """Score a checkpoint on ``split`` (a spec; default the test role, see ``yolo.data.layout.load_role``) of
+    ``cfg.data``: returns (results, pr_curves, detections)."""
     device = distributed.local_device(cfg.train.device)
     root, classes = prepare_data(cfg)
     if tuple(classes) != tuple(ckpt["classes"]):
         raise ValueError(f"the dataset at {root} has classes {list(classes)[:4]}..., the checkpoint was trained "
                          f"on {ckpt['classes'][:4]}...")
-    transform = eval_transform(cfg.data.img_size, cfg.data.eval_resize)
-    dataset = VOCDataset(load_records(root, split, classes), transform, keep_difficult=True)
+    dataset = evaluation_dataset(cfg, load_role(cfg, "test", split))
     loader = build_loader(dataset, cfg.train.batch_size, train=False,
                           num_workers=resolve_workers(cfg.data.workers, device), seed=cfg.train.seed)
     model = model_from_checkpoint(ckpt, cfg, device, weights)
     amp_dtype, channels_last = autotune.inference_settings(ckpt, cfg, device)
     trained_epoch = max(ckpt.get("epoch", 1) - 1, 0)  # the head was last trained with this epoch's loss
-    return evaluate(model, loader, classes, cfg, device=device, sigmoid_cls=sigmoid_scoring(cfg, trained_epoch),
+    return evaluate(model, loader, cfg, device=device, sigmoid_cls=sigmoid_scoring(cfg, trained_epoch),
                     amp_dtype=amp_dtype, channels_last=channels_last)

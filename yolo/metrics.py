@@ -1,23 +1,23 @@
-"""Detection metrics: PASCAL VOC mAP@0.5 (devkit-exact) and COCO AP via pycocotools / faster-coco-eval.
+"""Detection metrics: PASCAL VOC mAP@0.5 (devkit-exact) and COCO AP (``yolo.coco_eval``), and detection files.
 
-Detections everywhere are a list of dicts in the annotation's pixel coordinates::
+Detections everywhere are a list of dicts in the dataset's own ids and the model's pixel-edge coordinates::
 
-    {"image_id": "2008_000123", "category_id": 1..C, "bbox": [x, y, w, h], "score": s}
+    {"image_id": "2008_000123" or 397133, "category_id": 1, "bbox": [x, y, w, h], "score": s}
 
-where the box is the annotation-coordinate box ``xmin=x, ymin=y, xmax=x+w, ymax=y+h`` (``category_id`` is
-the 1-based index into the class list). Ground truth is a list of ``yolo.data.voc.VOCRecord``.
+with ``x1 = x, x2 = x + w`` (COCO's convention: a box covering pixel columns 0..9 is ``x = 0, w = 10``),
+``image_id`` the record's id (a VOC / YOLO file stem, a COCO integer id) and ``category_id`` the dataset's id of
+the class (``Split.categories.ids``: 1..C for VOC and YOLO, the JSON's ids for COCO). Ground truth is a
+``yolo.data.record.Split``.
 
-VOC rules (Everingham et al., IJCV 2010; devkit ``VOCevaldet.m`` and ``VOCap.m``): detections of a class
-are sorted by score (stable, as MATLAB's ``sort``); each is matched to the ground-truth box of its class
-in its image with the largest overlap, IoU computed on inclusive pixel coordinates (``+1`` in widths and
-heights). If that overlap is ``>= iou_threshold``: a difficult box makes the detection ignored (neither
-TP nor FP), an untaken box makes it a TP, a taken one a FP (duplicate). Otherwise it is a FP. Recall is
-over non-difficult boxes. A class with no non-difficult ground truth has no defined recall; its AP is NaN
-(``None`` in ``evaluate_detections``) and it is excluded from the mean, as pycocotools does for COCO.
+VOC rules (Everingham et al., IJCV 2010; devkit ``VOCevaldet.m`` and ``VOCap.m``): boxes are taken to the devkit's
+1-based inclusive coordinates (``xmin = x1 + 1, xmax = x2``, so a VOC annotation's own corners come back exactly);
+detections of a class are sorted by score (stable, as MATLAB's ``sort``); each is matched to the ground-truth box
+of its class in its image with the largest overlap, IoU computed on inclusive pixel coordinates (``+1`` in widths
+and heights). If that overlap is ``>= iou_threshold``: an ignored box (difficult, or a crowd region) makes the
+detection ignored (neither TP nor FP), an untaken box makes it a TP, a taken one a FP (duplicate). Otherwise it is
+a FP. Recall is over non-ignored boxes. A class with no non-ignored ground truth has no defined recall; its AP is
+NaN (``None`` in ``evaluate_detections``) and it is excluded from the mean, as pycocotools does for COCO.
 """
-import contextlib
-import copy
-import io
 import json
 import logging
 import math
@@ -27,12 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from yolo.boxes import xyxy_to_voc
-from yolo.data.coco import detections_to_coco, image_id_map, records_to_coco
+from yolo.coco_eval import COCO_BACKENDS, COCO_KEYS, LVIS_KEYS, eval_split
 
 logger = logging.getLogger(__name__)
 
-COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-COCO_BACKENDS = ("pycocotools", "faster")
 _DETECTION_KEYS = ("image_id", "category_id", "bbox", "score")
 _NUMBER_TYPES = (int, float)  # what json.loads produces for numbers (bool is its own type)
 
@@ -73,14 +71,14 @@ def voc_ap(recall, precision, use_07_metric: bool) -> float:
     return float(np.sum((recall_padded[steps] - recall_padded[steps - 1]) * precision_envelope[steps]))
 
 
-def eval_voc(records, detections, num_classes: int, iou_threshold: float = 0.5,
+def eval_voc(records, detections, category_ids, iou_threshold: float = 0.5,
              use_07_metric: bool = True) -> dict:
     """VOC average precision per class and its mean.
 
     Args:
-        records: list of VOCRecord (the split's ground truth).
+        records: list of Record (the split's ground truth).
         detections: list of detection dicts (see module docstring); image ids must belong to ``records``.
-        num_classes: C.
+        category_ids: (C,) the dataset's category id of each label (``Split.categories.ids``).
         iou_threshold: minimum IoU (inclusive, as the devkit's ``ovmax >= minoverlap``).
         use_07_metric: 11-point (VOC2007) or all-point (VOC2010+) AP, see ``voc_ap``.
 
@@ -90,13 +88,13 @@ def eval_voc(records, detections, num_classes: int, iou_threshold: float = 0.5,
         non-difficult boxes, "num_difficult": (C,) int, "num_det": (C,) int}``. The curves hold one point per
         non-ignored detection in score order (empty for classes without ground truth).
     """
-    curves = voc_pr_curves(records, detections, num_classes, iou_threshold)
+    curves = voc_pr_curves(records, detections, category_ids, iou_threshold)
     ap = np.array([voc_ap(r, p, use_07_metric) if n > 0 else np.nan
                    for r, p, n in zip(curves["recall"], curves["precision"], curves["num_gt"])])
     return {"ap": ap, "map": _nanmean(ap), **curves}
 
 
-def voc_pr_curves(records, detections, num_classes: int, iou_threshold: float = 0.5) -> dict:
+def voc_pr_curves(records, detections, category_ids, iou_threshold: float = 0.5) -> dict:
     """Per-class precision/recall curves under the devkit's matching rules (see ``eval_voc``).
 
     Ignored detections (matched to a difficult box) are dropped from the curves: they would repeat the
@@ -104,8 +102,9 @@ def voc_pr_curves(records, detections, num_classes: int, iou_threshold: float = 
     """
     if not 0.0 < iou_threshold <= 1.0:
         raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+    num_classes = len(category_ids)
     gt = _ground_truth_arrays(records, num_classes)
-    det = _detection_arrays(detections, gt["image_index"], num_classes)
+    det = _detection_arrays(detections, gt["image_index"], category_ids)
     is_tp, is_ignored = _match_detections(gt, det, num_classes, iou_threshold)
 
     by_score = np.argsort(-det["scores"], kind="stable")
@@ -135,8 +134,10 @@ def _ground_truth_arrays(records, num_classes: int) -> dict:
     if labels.size and not (0 <= labels.min() and labels.max() < num_classes):
         raise ValueError(f"ground-truth labels must be in 0..{num_classes - 1}, "
                          f"got {labels.min()}..{labels.max()}")
-    boxes = [np.asarray(r.boxes_voc, dtype=np.float64).reshape(-1, 4) for r in records] + [np.zeros((0, 4))]
-    difficult = [np.asarray(r.difficult, dtype=bool) for r in records] + [np.zeros(0, bool)]
+    # the devkit's inclusive corners, exact in float64: a VOC record's boxes_xyxy is its XML box minus (1, 1, 0, 0)
+    boxes = [xyxy_to_voc(np.asarray(r.boxes_xyxy, dtype=np.float64).reshape(-1, 4)) for r in records]
+    boxes.append(np.zeros((0, 4)))
+    difficult = [np.asarray(r.ignore, dtype=bool) for r in records] + [np.zeros(0, bool)]
     return {"image_index": image_index,
             "images": np.repeat(np.arange(len(records)), [len(r.labels) for r in records]).astype(np.int64),
             "labels": labels,
@@ -144,21 +145,24 @@ def _ground_truth_arrays(records, num_classes: int) -> dict:
             "difficult": np.concatenate(difficult)}
 
 
-def _detection_arrays(detections, image_index: dict, num_classes: int) -> dict:
+def _detection_arrays(detections, image_index: dict, category_ids) -> dict:
     unknown = {d["image_id"] for d in detections} - image_index.keys()
     if unknown:
         raise ValueError(f"detections refer to {len(unknown)} image ids not in the ground truth, "
-                         f"e.g. {', '.join(sorted(unknown)[:5])}")
+                         f"e.g. {', '.join(map(str, sorted(unknown, key=str)[:5]))}")
     count = len(detections)
-    labels = np.fromiter((d["category_id"] for d in detections), dtype=np.int64, count=count) - 1
-    if labels.size and not (0 <= labels.min() and labels.max() < num_classes):
-        raise ValueError(f"category_id must be in 1..{num_classes}, "
-                         f"got {labels.min() + 1}..{labels.max() + 1}")
+    label_of = {int(cid): k for k, cid in enumerate(category_ids)}
+    try:
+        labels = np.fromiter((label_of[d["category_id"]] for d in detections), dtype=np.int64, count=count)
+    except KeyError as error:
+        raise ValueError(f"category_id {error.args[0]} is none of the dataset's {sorted(label_of)}") from None
     boxes_xywh = np.array([d["bbox"] for d in detections], dtype=np.float64).reshape(count, 4)
     images = np.fromiter((image_index[d["image_id"]] for d in detections), dtype=np.int64, count=count)
+    # pixel-edge [x, y, w, h] -> the devkit's inclusive corners: xmin = x + 1, xmax = x + w
+    corners = np.concatenate([boxes_xywh[:, :2], boxes_xywh[:, :2] + boxes_xywh[:, 2:]], axis=1)
     return {"images": images,
             "labels": labels,
-            "boxes_voc": np.concatenate([boxes_xywh[:, :2], boxes_xywh[:, :2] + boxes_xywh[:, 2:]], axis=1),
+            "boxes_voc": xyxy_to_voc(corners),
             "scores": np.fromiter((d["score"] for d in detections), dtype=np.float64, count=count)}
 
 
@@ -220,107 +224,45 @@ def _nanmean(values: np.ndarray) -> float:
     return float(defined.mean()) if defined.size else math.nan
 
 
-# ----------------------------------------------------------------------------- COCO
-
-
-def eval_coco(records, detections, classes, backend: str = "pycocotools", verbose: bool = False) -> dict:
-    """COCO-style box AP/AR of detections on a VOC split (difficult objects as iscrowd ignore regions).
-
-    Returns ``{key: float for key in COCO_KEYS}`` (AP@[.5:.95], AP50, AP75, APs, APm, APl, AR1, AR10, AR100,
-    ARs, ARm, ARl); -1 where the split has no ground truth for a metric (pycocotools' convention).
-    """
-    coco_gt = records_to_coco(records, classes)
-    results = detections_to_coco(detections, image_id_map(coco_gt))
-    return _run_coco_eval(coco_gt, results, backend, verbose)  # both built here: no defensive copies needed
-
-
-def coco_eval_dicts(coco_gt: dict, results: list, backend: str = "pycocotools",
-                    verbose: bool = False) -> dict:
-    """Run ``COCOeval(..., "bbox")`` on a COCO ground-truth dict and a COCO results list (not modified).
-
-    Args:
-        backend: "pycocotools" (the reference) or "faster" (faster-coco-eval's C++ ``COCOeval_faster``).
-        verbose: let the library print its progress and summary table.
-    """
-    coco_gt = copy.deepcopy(coco_gt)  # both libraries write "ignore" (and more) into the annotations
-    results = [dict(r) for r in results]  # loadRes adds "area", "id", "iscrowd", "segmentation"
-    return _run_coco_eval(coco_gt, results, backend, verbose)
-
-
-def _run_coco_eval(coco_gt: dict, results: list, backend: str, verbose: bool) -> dict:
-    """coco_eval_dicts on inputs the libraries may modify."""
-    if backend not in COCO_BACKENDS:
-        raise ValueError(f"unknown COCO backend {backend!r}; choose one of {', '.join(COCO_BACKENDS)}")
-    run = _pycocotools_stats if backend == "pycocotools" else _faster_coco_eval_stats
-    stats = run(coco_gt, results, verbose)
-    return {key: float(value) for key, value in zip(COCO_KEYS, stats)}
-
-
-def _pycocotools_stats(coco_gt: dict, results: list, verbose: bool):
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    with contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO()
-        gt.dataset = coco_gt
-        gt.createIndex()
-        if results:
-            dt = gt.loadRes(results)
-        else:  # loadRes cannot take an empty list (it reads results[0])
-            dt = COCO()
-            dt.dataset = {"images": coco_gt["images"], "categories": coco_gt["categories"], "annotations": []}
-            dt.createIndex()
-        evaluator = COCOeval(gt, dt, "bbox")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return evaluator.stats[:len(COCO_KEYS)]
-
-
-def _faster_coco_eval_stats(coco_gt: dict, results: list, verbose: bool):
-    from faster_coco_eval import COCO, COCOeval_faster
-
-    print_function = print if verbose else _silent
-    gt = COCO(coco_gt, print_function=print_function)
-    dt = gt.loadRes(results)
-    evaluator = COCOeval_faster(gt, dt, "bbox", print_function=print_function)
-    evaluator.evaluate()
-    evaluator.accumulate()
-    evaluator.summarize()
-    return evaluator.stats[:len(COCO_KEYS)]
-
-
-def _silent(*args, **kwargs):
-    pass
-
-
 # ----------------------------------------------------------------------------- everything for one split
 
 
-def evaluate_detections(records, detections, classes, coco_backend: str = "pycocotools",
-                        verbose: bool = False):
-    """All metrics of one split: VOC07 11-point and all-point mAP@0.5, COCO AP/AR, per-class VOC AP.
+def evaluate_detections(split, detections, coco_backend: str = "pycocotools", verbose: bool = False,
+                        unreadable=()):
+    """All metrics of one split: VOC07 11-point and all-point mAP@0.5, COCO AP/AR (LVIS's federated AP for an LVIS
+    split), per-class VOC AP.
+
+    Args:
+        split: the ``yolo.data.record.Split`` scored; ``unreadable``: indices of its records that could not be
+            read (left out: ``yolo.data.layout.require_complete`` decides whether that is allowed).
+        detections: in the dataset's ids (see the module docstring).
 
     Returns:
         ``(results, pr_curves)``. ``results`` is a flat JSON-serialisable dict: ``voc07_map50``,
         ``voc_map50``, ``coco_ap``, ``coco_ap50``, ``coco_ap75``, ``coco_aps``, ``coco_apm``, ``coco_apl``,
-        ``coco_ar1``, ``coco_ar10``, ``coco_ar100``, ``coco_ars``, ``coco_arm``, ``coco_arl``,
-        ``num_images``, ``num_detections``, ``coco_backend`` and ``per_class`` ``{name: {"ap50_voc07",
-        "ap50_voc", "num_gt", "num_difficult", "num_det"}}``. Undefined values (no ground truth) are None.
+        ``coco_ar1``, ``coco_ar10``, ``coco_ar100``, ``coco_ars``, ``coco_arm``, ``coco_arl`` (LVIS: also
+        ``lvis_apr``, ``lvis_apc``, ``lvis_apf``, ``lvis_ar300``), ``num_images`` (scored), ``num_images_listed``,
+        ``num_detections``, ``coco_backend`` and ``per_class`` ``{name: {"ap50_voc07", "ap50_voc", "num_gt",
+        "num_difficult", "num_det"}}``. Undefined values (no ground truth) are None.
         ``pr_curves`` is ``{name: {"precision": (N,), "recall": (N,)}}`` at IoU 0.5, for PR-curve plots.
     """
     if coco_backend not in COCO_BACKENDS:  # before the VOC work, not after it
         raise ValueError(f"unknown COCO backend {coco_backend!r}; choose one of {', '.join(COCO_BACKENDS)}")
-    curves = voc_pr_curves(records, detections, len(classes), iou_threshold=0.5)
+    records = [r for i, r in enumerate(split.records) if i not in set(unreadable)]
+    classes, category_ids = split.categories.names, split.categories.ids
+    curves = voc_pr_curves(records, detections, category_ids, iou_threshold=0.5)
     ap_07 = [voc_ap(r, p, True) if n > 0 else math.nan
              for r, p, n in zip(curves["recall"], curves["precision"], curves["num_gt"])]
     ap_all = [voc_ap(r, p, False) if n > 0 else math.nan
               for r, p, n in zip(curves["recall"], curves["precision"], curves["num_gt"])]
-    coco = eval_coco(records, detections, classes, backend=coco_backend, verbose=verbose)
+    coco = eval_split(split, detections, records, backend=coco_backend, verbose=verbose)
     results = {"voc07_map50": _defined(_nanmean(np.array(ap_07))),
                "voc_map50": _defined(_nanmean(np.array(ap_all))),
-               **{f"coco_{key.lower()}": _defined(value) for key, value in coco.items()},
-               "num_images": len(records), "num_detections": len(detections), "coco_backend": coco_backend}
+               **{f"coco_{key.lower()}": _defined(coco.get(key, -1.0)) for key in COCO_KEYS},
+               **{f"lvis_{key.lower()}": _defined(coco[key]) for key in LVIS_KEYS if key not in COCO_KEYS
+                  and split.federated},
+               "num_images": len(records), "num_images_listed": split.listed, "num_detections": len(detections),
+               "coco_backend": "faster (LVIS federated)" if split.federated else coco_backend}
     results["per_class"] = {
         name: {"ap50_voc07": _defined(ap_07[c]), "ap50_voc": _defined(ap_all[c]),
                "num_gt": int(curves["num_gt"][c]), "num_difficult": int(curves["num_difficult"][c]),
@@ -337,10 +279,12 @@ def _defined(value: float):
 
 
 def format_results(results: dict, classes) -> str:
-    """A per-class VOC AP table followed by the VOC and COCO summary lines."""
+    """How many images were scored of how many listed, a per-class VOC AP table, the VOC and COCO summary lines."""
     width = max(len(name) for name in ["class", *classes])
-    lines = [f"{'class':<{width}}  {'gt':>6} {'diff':>5} {'dets':>8}  "
-             f"{'AP50 VOC07':>10}  {'AP50 all-pt':>11}"]
+    scored, listed = results["num_images"], results.get("num_images_listed", results["num_images"])
+    lines = [f"{scored} of {listed} images scored" + ("" if scored == listed else
+                                                      f" ({listed - scored} could not be read: --skip-unreadable)"),
+             f"{'class':<{width}}  {'gt':>6} {'diff':>5} {'dets':>8}  {'AP50 VOC07':>10}  {'AP50 all-pt':>11}"]
     for name in classes:
         row = results["per_class"][name]
         lines.append(f"{name:<{width}}  {row['num_gt']:>6} {row['num_difficult']:>5} {row['num_det']:>8}  "
@@ -354,6 +298,9 @@ def format_results(results: dict, classes) -> str:
                  + "  ".join(f"{key} {_fmt(results['coco_' + key.lower()])}" for key in COCO_KEYS[:6]))
     lines.append(f"COCO ({results['coco_backend']}, difficult = ignore): "
                  + "  ".join(f"{key} {_fmt(results['coco_' + key.lower()])}" for key in COCO_KEYS[6:]))
+    if "lvis_apr" in results:
+        lines.append(f"LVIS (federated, {LVIS_KEYS[-1][2:]} detections per image): "
+                     + "  ".join(f"{key} {_fmt(results['lvis_' + key.lower()])}" for key in LVIS_KEYS[6:]))
     return "\n".join(lines)
 
 
@@ -364,34 +311,37 @@ def _fmt(value) -> str:
 # ----------------------------------------------------------------------------- detections files
 
 
-def detections_from_xyxy(image_id: str, boxes_xyxy, scores, labels) -> list:
-    """Model outputs of one image -> detection dicts.
+def detections_from_xyxy(image_id, boxes_xyxy, scores, labels, category_ids) -> list:
+    """Model outputs of one image -> detection dicts (see the module docstring).
 
     Args:
-        boxes_xyxy: (N, 4) float pixel-edge boxes (the model's convention, see yolo.boxes), numpy or torch.
-        scores: (N,) confidences. labels: (N,) 0-based class indices.
+        image_id: the record's id. boxes_xyxy: (N, 4) float pixel-edge boxes (the model's convention, see
+            yolo.boxes), numpy or torch. scores: (N,) confidences. labels: (N,) 0-based class indices.
+        category_ids: (C,) the dataset's category id of each label (``Split.categories.ids``).
     """
-    boxes_voc = xyxy_to_voc(np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4))
-    boxes_xywh = np.concatenate([boxes_voc[:, :2], boxes_voc[:, 2:] - boxes_voc[:, :2]], axis=1)
+    boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    boxes_xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
     scores, labels = np.asarray(scores).reshape(-1), np.asarray(labels).reshape(-1)
-    return [{"image_id": image_id, "category_id": int(label) + 1, "bbox": box.tolist(), "score": float(score)}
-            for box, score, label in zip(boxes_xywh, scores, labels)]
+    return [{"image_id": image_id, "category_id": int(category_ids[int(label)]), "bbox": box.tolist(),
+             "score": float(score)} for box, score, label in zip(boxes_xywh, scores, labels)]
 
 
-def load_detections(path, records, classes) -> list:
-    """Read and validate a detections JSON file against a split; raises DetectionsFormatError (one line)."""
+def load_detections(path, split) -> list:
+    """Read and validate a detections JSON file against a ``Split``; raises DetectionsFormatError (one line)."""
     try:
         data = json.loads(Path(path).read_text())
     except OSError as error:
         raise DetectionsFormatError(f"cannot read detections file {path}: {error.strerror}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DetectionsFormatError(f"{path} is not valid JSON: {error}") from None
-    return validate_detections(data, records, classes, source=str(path))
+    return validate_detections(data, split, source=str(path))
 
 
-def validate_detections(data, records, classes, source: str = "detections") -> list:
-    """Check a detections list as parsed by ``json`` (exact JSON types); returns new dicts with only the
-    four format keys (values shared with ``data``). Raises DetectionsFormatError with a one-line message."""
+def validate_detections(data, split, source: str = "detections") -> list:
+    """Check a detections list as parsed by ``json`` (exact JSON types) against a ``Split``: the dataset's image ids
+    (a COCO results list's integer ids, a VOC / YOLO file stem) and category ids. Returns new dicts with only the
+    four format keys (values shared with ``data``), without those of listed images that could not be loaded
+    (scored only with ``--skip-unreadable``). Raises DetectionsFormatError with a one-line message."""
     if not isinstance(data, list):
         raise DetectionsFormatError(f"{source}: expected a JSON list of detections, "
                                     f"got {type(data).__name__}")
@@ -400,25 +350,34 @@ def validate_detections(data, records, classes, source: str = "detections") -> l
             raise DetectionsFormatError(f"{source}: entry {index} {_type_problem(det)}")
     boxes_xywh = np.array([d["bbox"] for d in data], dtype=np.float64).reshape(-1, 4)
     scores = np.array([d["score"] for d in data], dtype=np.float64)
-    # float64, not int64: an absurd id such as 10**30 must reach the range check, not overflow
+    # float64, not int64: an absurd id such as 10**30 must reach the check, not overflow
     category_ids = np.array([d["category_id"] for d in data], dtype=np.float64)
     _reject(source, data, ~np.isfinite(boxes_xywh).all(axis=1), "a non-finite bbox value", "bbox")
     _reject(source, data, (boxes_xywh[:, 2:] < 0).any(axis=1), "a negative bbox width or height", "bbox")
     _reject(source, data, ~np.isfinite(scores), "a non-finite score", "score")
-    _reject(source, data, (category_ids < 1) | (category_ids > len(classes)),
-            f"category_id outside 1..{len(classes)}", "category_id")
-    split_ids = {record.image_id for record in records}
-    unknown = sorted({d["image_id"] for d in data} - split_ids)
+    ids = split.categories.ids
+    _reject(source, data, ~np.isin(category_ids, np.array(ids, dtype=np.float64)),
+            f"a category_id that is not the dataset's ({_describe_ids(ids)})", "category_id")
+    listed = set(split.listed_ids)
+    unknown = sorted({d["image_id"] for d in data} - listed, key=str)
     if unknown:
-        raise DetectionsFormatError(f"{source}: {len(unknown)} image ids are not in the split "
-                                    f"({len(split_ids)} images), e.g. {', '.join(map(repr, unknown[:5]))}")
-    return [{key: d[key] for key in _DETECTION_KEYS} for d in data]
+        example = next(iter(split.listed_ids))
+        raise DetectionsFormatError(f"{source}: {len(unknown)} image ids are not in the split ({len(listed)} "
+                                    f"images, ids such as {example!r}), e.g. {', '.join(map(repr, unknown[:5]))}")
+    scored = {record.image_id for record in split.records}
+    return [{key: d[key] for key in _DETECTION_KEYS} for d in data if d["image_id"] in scored]
+
+
+def _describe_ids(ids) -> str:
+    contiguous = list(ids) == list(range(ids[0], ids[0] + len(ids)))
+    return f"{ids[0]}..{ids[-1]}" if contiguous else f"{len(ids)} ids: {', '.join(map(str, ids[:6]))}" + (
+        ", ..." if len(ids) > 6 else "")
 
 
 def _well_typed(det) -> bool:
     # one expression over exact JSON types: this runs once per detection (~500k on VOC07 test)
     return (type(det) is dict and all(key in det for key in _DETECTION_KEYS)
-            and type(det["image_id"]) is str and type(det["category_id"]) is int
+            and type(det["image_id"]) in (str, int) and type(det["category_id"]) is int
             and type(det["score"]) in _NUMBER_TYPES and type(det["bbox"]) is list and len(det["bbox"]) == 4
             and type(det["bbox"][0]) in _NUMBER_TYPES and type(det["bbox"][1]) in _NUMBER_TYPES
             and type(det["bbox"][2]) in _NUMBER_TYPES and type(det["bbox"][3]) in _NUMBER_TYPES)
@@ -430,8 +389,9 @@ def _type_problem(det) -> str:
     missing = [key for key in _DETECTION_KEYS if key not in det]
     if missing:
         return f"lacks {', '.join(missing)} (has {', '.join(map(str, det))})"
-    if not isinstance(det["image_id"], str):
-        return f"has image_id {det['image_id']!r}; it must be a string such as \"2008_000123\""
+    if type(det["image_id"]) not in (str, int):
+        return (f"has image_id {det['image_id']!r}; it must be the dataset's image id, a string such as "
+                f"\"2008_000123\" or a COCO integer id")
     if type(det["category_id"]) is not int:
         return f"has category_id {det['category_id']!r}; it must be an integer"
     if type(det["score"]) not in _NUMBER_TYPES:

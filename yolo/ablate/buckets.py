@@ -2,8 +2,11 @@
 edges an ablation file chooses to fit its dataset), and the AP of each group.
 
 LVIS (Gupta et al., CVPR 2019) reports APr / APc / APf over classes in 1-10, 11-100 and > 100 training images. Focal
-loss's claim concerns class imbalance, so the ablation reports its AP per bucket next to the mean.
+loss's claim concerns class imbalance, so the ablation reports its AP per bucket next to the mean. An LVIS dataset
+states each category's ``frequency`` (r / c / f, counted on LVIS's full training set): those are its buckets.
 """
+
+LVIS_BUCKETS = {"rare": "r", "common": "c", "frequent": "f"}
 
 
 def bucket_of(num_images: int, buckets: dict) -> str:
@@ -23,6 +26,15 @@ def assign_buckets(class_images: dict, buckets: dict) -> dict:
     for cls, count in class_images.items():
         members[bucket_of(count, buckets)].append(cls)
     return members
+
+
+def lvis_buckets(class_frequency: dict, buckets: dict) -> dict:
+    """{bucket name: [class names]} from LVIS's ``frequency`` of each class ({class name: "r" / "c" / "f"}); the
+    ablation's buckets must then be LVIS's three (rare, common, frequent)."""
+    if list(buckets) != list(LVIS_BUCKETS):
+        raise ValueError(f"the dataset states LVIS frequencies, so the buckets are {', '.join(LVIS_BUCKETS)}; the "
+                         f"ablation file names {', '.join(buckets)}: leave frequency_buckets out")
+    return {name: [c for c, f in class_frequency.items() if f == code] for name, code in LVIS_BUCKETS.items()}
 
 
 def bucket_ap(per_class: dict, members: dict, key: str = "ap50_voc07") -> dict:

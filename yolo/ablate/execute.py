@@ -25,7 +25,8 @@ from yolo.config import ConfigError
 from yolo.checkpoint import load_checkpoint
 from yolo.cluster import RunInterrupted
 from yolo.distributed import local_device
-from yolo.fit import StopRequest, evaluate_checkpoint, fit, prepare_data
+from yolo.data.layout import read_categories
+from yolo.fit import StopRequest, evaluate_checkpoint, fit, prepare_data, training_records
 from yolo.hardware import cores_per_run, default_workers, describe_device, describe_machine, native_bf16
 
 logger = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ def _train(run: Run, progress: bool, stop, runs_at_once: int) -> dict:
             "data_fingerprint": run.data_fingerprint, "seed": run.seed,
             "variants": run.variants, "config": trained["config"], "history": trained["history"],
             "precision": trained["precision"], "train_s": trained["train_s"], "runs_at_once": runs_at_once,
-            "class_images": class_images(cfg),
+            "class_images": class_images(cfg), **class_frequency(cfg),
             "machine": describe_machine(), "device": describe_device(local_device(cfg.train.device)),
             "code_revision": code_revision(),
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
@@ -106,14 +107,19 @@ def _score(run: Run, checkpoint, scoring: str) -> dict:
 def class_images(cfg) -> dict:
     """{class name: training images holding at least one training target of it} (difficult objects count only
     with ``data.train_difficult``): the frequency the long-tail buckets are drawn on."""
-    from yolo.data.voc import load_records
-    root, classes = prepare_data(cfg)
+    _, classes = prepare_data(cfg)
     counts = dict.fromkeys(classes, 0)
-    for record in load_records(root, cfg.data.train, classes):
-        labels = record.labels if cfg.data.train_difficult else record.labels[~record.difficult]
-        for label in set(labels.tolist()):
+    for record in training_records(cfg):
+        for label in set(record.labels[record.training_mask(cfg.data.train_difficult)].tolist()):
             counts[classes[label]] += 1
     return counts
+
+
+def class_frequency(cfg) -> dict:
+    """``{"class_frequency": {class name: "r" / "c" / "f"}}`` for an LVIS dataset (its buckets), else ``{}``."""
+    categories = read_categories(cfg)
+    return {} if categories.frequency is None else {
+        "class_frequency": dict(zip(categories.names, categories.frequency))}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -250,7 +256,7 @@ def _run_parallel(todo, selection, results, jobs, devices) -> dict:
     context = multiprocessing.get_context("spawn")
     threads = cores_per_run(jobs)  # the CPU's cores shared, not oversubscribed
     clock, failures, queue, free, alive = Progress(len(todo), selection, jobs), {}, list(todo), list(range(jobs)), {}
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)  # killed alone, the runner would orphan its runs
+    previous = signal.signal(signal.SIGTERM, raise_interrupted)  # killed alone, the runner would orphan its runs
     try:
         while queue or alive:
             while queue and free:
@@ -268,15 +274,15 @@ def _run_parallel(todo, selection, results, jobs, devices) -> dict:
                 logger.info(clock.finish(run, results.get(run.key)))
     finally:
         signal.signal(signal.SIGTERM, previous)
-        _stop_workers([process for process, _, _ in alive.values()])
+        stop_workers([process for process, _, _ in alive.values()])
     return failures
 
 
-def _raise_interrupted(signum, frame):
+def raise_interrupted(signum, frame):
     raise RunInterrupted(f"received {signal.Signals(signum).name}: the runs in flight save last.pt and stop")
 
 
-def _stop_workers(processes: list):
+def stop_workers(processes: list):
     """Ask the runs still in flight to stop (SIGTERM: each saves ``last.pt`` after its step) and wait for them.
 
     Whatever ended the loop (Ctrl-C, SIGTERM to the runner alone, one run interrupted, an error) ends them too:

@@ -2,6 +2,7 @@
 convergence of every run and the per-seed values), ``ablation.csv`` (one row per variant and seed) and the charts.
 """
 import csv
+import logging
 from pathlib import Path
 
 from yolo.ablate.buckets import describe_edges
@@ -10,6 +11,8 @@ from yolo.ablate.plots import write_bucket_chart, write_curves_chart, write_map_
 from yolo.ablate.spec import METRIC, Ablation
 from yolo.ablate.stats import ALPHA, CONFIDENCE, POWER, wilcoxon_floor
 from yolo.ablate.tables import CONVERGED_GAIN, CSV_COLUMNS
+
+logger = logging.getLogger(__name__)
 
 SELECTION_TEXT = {
     "final": "`final`: the last epoch's weights (its EMA weights when trained with train.ema)",
@@ -197,15 +200,43 @@ def write_csv(rows: list[dict], buckets: dict, path: Path):
 
 
 def write_report(output_dir, summary: list[dict], rows: list[dict], setup: dict, buckets: dict) -> dict:
-    """Writes ablation.md, ablation.csv and the three charts into ``output_dir``; returns their paths."""
+    """Writes the report (markdown, csv and the three charts) into ``output_dir``; returns their paths.
+
+    Its name is ``ablation``, unless an ``ablation.csv`` there holds a (table, variant, seed) result this report
+    lacks: a run of some of the files, or of fewer seeds, then writes its own ``ablation-<name>`` report (and
+    ``ablation-<name>-<n>runs`` if even that one covers more) instead of replacing a larger one.
+    """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"md": output_dir / "ablation.md", "csv": output_dir / "ablation.csv",
-             "png": output_dir / "ablation.png", "curves": output_dir / "ablation_curves.png",
-             "buckets": output_dir / "ablation_buckets.png"}
+    stem = report_stem(output_dir, rows, setup["name"])
+    paths = {"md": output_dir / f"{stem}.md", "csv": output_dir / f"{stem}.csv",
+             "png": output_dir / f"{stem}.png", "curves": output_dir / f"{stem}_curves.png",
+             "buckets": output_dir / f"{stem}_buckets.png"}
     paths["md"].write_text(format_markdown(summary, setup))
     write_csv(rows, buckets, paths["csv"])
     write_map_chart(summary, paths["png"])
     write_curves_chart(summary, rows, paths["curves"])
     write_bucket_chart(summary, paths["buckets"])
     return paths
+
+
+def report_stem(output_dir: Path, rows: list[dict], name: str) -> str:
+    """The first of ``ablation``, ``ablation-<name>`` whose csv covers no result that ``rows`` lack; else a name
+    of its own with the number of results."""
+    covered = _coverage(rows)
+    for stem in ("ablation", f"ablation-{name}"):
+        previous = output_dir / f"{stem}.csv"
+        if not previous.is_file():
+            return stem
+        with open(previous, newline="") as f:
+            missing = _coverage(csv.DictReader(f)) - covered
+        if not missing:
+            return stem
+        logger.warning("%s holds %d result(s) this report lacks (%s first): it is kept, this report is written "
+                       "under another name", previous, len(missing), " ".join(sorted(missing)[0]))
+    return f"ablation-{name}-{len(covered)}runs"
+
+
+def _coverage(rows) -> set:
+    """(table, variant, seed) of the rows that hold a test score."""
+    return {(r["table"], r["variant"], str(r["seed"])) for r in rows if r.get("voc07_map50") not in (None, "")}

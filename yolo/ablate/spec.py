@@ -6,6 +6,10 @@ number of ``seeds``, the checkpoint ``selection``, the ``baseline`` row, ``table
 training images hold a class, as LVIS's APr / APc / APf). A row has a ``name``, a ``label``, training
 ``overrides``, an optional ``reference`` mAP and optional ``scoring``: ``eval`` settings used only to score the
 row's checkpoint on the test split, so that two rows differing only there share one training run.
+
+For ``python -m yolo.tune`` a file may also hold a ``tune`` section (trials per row, sampler, the seeds that
+retrain the winners) and, per row, a ``search`` space (``yolo.tune.space``); ``yolo.ablate`` trains such rows at
+their declared values, untuned.
 """
 import copy
 import dataclasses
@@ -19,9 +23,10 @@ from yolo.config import Config, ConfigError, EvalConfig, load_yaml, update, vali
 
 METRIC = "voc07_map50"            # what the tables compare: VOC07 11-point mAP@0.5 on the test split
 SELECTIONS = ("final", "best_val")
-ABLATION_KEYS = ("base", "overrides", "seeds", "selection", "baseline", "tables", "results", "frequency_buckets")
+ABLATION_KEYS = ("base", "overrides", "seeds", "selection", "baseline", "tables", "results", "frequency_buckets",
+                 "tune")
 TABLE_KEYS = ("title", "column", "rows")
-ROW_KEYS = ("name", "label", "overrides", "reference", "scoring")
+ROW_KEYS = ("name", "label", "overrides", "reference", "scoring", "search")
 # Set by the runner for every run, so an ablation file may not set them.
 RUNNER_KEYS = (("name",), ("output_dir",), ("logdir",), ("train", "seed"))
 VARIANT_NAME = re.compile(r"[A-Za-z0-9_.+-]+")
@@ -36,6 +41,7 @@ class Variant:
     reference: float | None
     cfg: Config                    # the validated training config; the runner sets seed, name and folders
     scoring: dict                  # eval overrides for the test score only ({} = the config's own eval)
+    search: dict = dataclasses.field(default_factory=dict)   # yolo.tune: {"section.field": distribution}
 
     @property
     def scoring_name(self) -> str:
@@ -59,6 +65,8 @@ class Ablation:
     selection: str
     results_dir: Path | None       # committed results and report; None: the output folder
     buckets: dict                  # {bucket name: exclusive upper bound on training images, None = no bound}
+    tune: dict | None = None       # the files' ``tune`` section (yolo.tune), None when they have none
+    files: tuple = ()              # the ablation files it was read from
 
     def variants(self) -> dict:
         return {v.name: v for t in self.tables for v in t.variants}
@@ -73,7 +81,7 @@ def load_ablation(paths, seeds: int | None = None) -> Ablation:
     files = [_load_file(Path(p)) for p in paths]
     if not files:
         raise ConfigError("no ablation file given")
-    for key in ("selection", "results_dir", "buckets") + (("seeds",) if seeds is None else ()):
+    for key in ("selection", "results_dir", "buckets", "tune") + (("seeds",) if seeds is None else ()):
         values = {repr(f[key]) for f in files}
         if len(values) > 1:
             raise ConfigError(f"the ablation files disagree on {key} ({sorted(values)}); one report needs one "
@@ -82,7 +90,8 @@ def load_ablation(paths, seeds: int | None = None) -> Ablation:
         raise ConfigError(f"--seeds must be a positive integer, got {seeds!r}")
     ablation = Ablation(name="+".join(f["name"] for f in files), tables=[t for f in files for t in f["tables"]],
                         seeds=seeds or files[0]["seeds"], selection=files[0]["selection"],
-                        results_dir=files[0]["results_dir"], buckets=files[0]["buckets"])
+                        results_dir=files[0]["results_dir"], buckets=files[0]["buckets"], tune=files[0]["tune"],
+                        files=tuple(Path(p) for p in paths))
     names = [v.name for t in ablation.tables for v in t.variants]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
@@ -112,7 +121,7 @@ def _load_file(path: Path) -> dict:
     results = raw.get("results")
     return {"name": path.stem, "tables": tables, "seeds": seeds, "selection": raw["selection"],
             "results_dir": None if results is None else (path.parent / str(results)).resolve(),
-            "buckets": _buckets(raw.get("frequency_buckets", DEFAULT_BUCKETS), path)}
+            "buckets": _buckets(raw.get("frequency_buckets", DEFAULT_BUCKETS), path), "tune": raw.get("tune")}
 
 
 def _buckets(raw, path: Path) -> dict:
@@ -149,8 +158,13 @@ def _load_row(raw, source: str, base: dict, common: dict, selection: str) -> Var
     reference = row.get("reference")
     if reference is not None and (isinstance(reference, bool) or not isinstance(reference, (int, float))):
         raise ConfigError(f"{source}: reference must be a number (an mAP) or absent, got {reference!r}")
+    search = row.get("search") or {}
+    if not isinstance(search, dict):
+        raise ConfigError(f"{source}: search must be a mapping of 'section.field' to a distribution such as "
+                          f"{{log_uniform: [0.001, 0.004]}}")
     return Variant(name=name, label=str(row.get("label", name)),
-                   reference=None if reference is None else float(reference), cfg=cfg, scoring=dict(scoring))
+                   reference=None if reference is None else float(reference), cfg=cfg, scoring=dict(scoring),
+                   search=dict(search))
 
 
 def scored_with(cfg: Config, scoring: dict, source: str = "scoring") -> Config:

@@ -104,3 +104,19 @@ def wilcoxon_floor(n: int) -> float:
     """The smallest two-sided p-value the exact Wilcoxon signed-rank test can give with ``n`` pairs (every
     difference of one sign): 2 / 2^n, computed by ``scipy.stats.wilcoxon``."""
     return float(stats.wilcoxon(np.arange(1.0, n + 1), method="exact").pvalue)
+
+
+def expected_max(values, n: int) -> tuple[float, float]:
+    """Expected best of ``n`` trials drawn with replacement from the observed trial results ``values``, and its
+    standard deviation: Dodge et al., "Show Your Work" (EMNLP 2019), eq. 1.
+
+    With v_(1) <= ... <= v_(N) the sorted values, the best of n draws is v_(i) with probability
+    (i / N)^n - ((i - 1) / N)^n, so E = sum_i v_(i) [(i / N)^n - ((i - 1) / N)^n] and Var = E[max^2] - E^2.
+    """
+    v = np.sort(np.asarray(list(values), dtype=np.float64))
+    if v.size == 0 or n < 1:
+        raise ValueError(f"expected_max needs at least one value and n >= 1, got {v.size} values and n = {n}")
+    ranks = np.arange(1, v.size + 1) / v.size
+    weights = ranks ** n - (ranks - 1 / v.size) ** n
+    mean = float(weights @ v)
+    return mean, float(math.sqrt(max(0.0, weights @ v ** 2 - mean ** 2)))

@@ -2,7 +2,7 @@
 summaries, the paired comparisons with the baseline (Holm-corrected within the table), the long-tail buckets and
 the convergence of the val curve.
 """
-from yolo.ablate.buckets import assign_buckets, bucket_ap
+from yolo.ablate.buckets import assign_buckets, bucket_ap, lvis_buckets
 from yolo.ablate.results import score_key
 from yolo.ablate.spec import METRIC, Ablation, Table, Variant
 from yolo.ablate.stats import holm, paired_difference, summarize, verdict
@@ -56,7 +56,8 @@ def _row(ablation: Ablation, table: Table, variant: Variant, run, result: dict, 
            "last_quarter_gain": last_quarter_gain(result["history"], result["config"]["train"]["epochs"]),
            "precision": result["precision"], "train_s": result["train_s"],
            "history": result["history"], "per_class": test["per_class"]}
-    members = assign_buckets(result["class_images"], ablation.buckets)
+    members = (lvis_buckets(result["class_frequency"], ablation.buckets) if "class_frequency" in result
+               else assign_buckets(result["class_images"], ablation.buckets))
     row.update({f"ap_{name}": ap for name, ap in bucket_ap(test["per_class"], members).items()})
     return row
 

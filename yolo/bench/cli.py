@@ -60,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     targets.add_argument("--warmup", type=int, default=3)
 
     data = sub.add_parser("data", help="decode + augment + collate on real JPEGs (0 workers: a prefetch thread)")
-    data.add_argument("--data-root", required=True, help="folder holding VOCdevkit (or the devkit itself)")
-    data.add_argument("--data", required=True, help="data spec, e.g. 2012:trainval")
+    data.add_argument("--data-root", required=True, help="a VOC devkit, a COCO JSON or a YOLO data.yaml")
+    data.add_argument("--data", required=True, help="split, e.g. 2012:trainval (VOC), train (COCO, YOLO)")
+    data.add_argument("--format", default="auto", choices=["auto", "voc", "coco", "yolo"])
     data.add_argument("--size", type=int, default=416)
     data.add_argument("--batch", type=int, default=32)
     data.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])

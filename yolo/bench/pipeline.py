@@ -13,11 +13,11 @@ logger = logging.getLogger(__name__)
 
 def run_data(args) -> list[dict]:
     from yolo.data.loader import measure_loader_throughput, measure_sample_costs
+    from yolo.data.dataset import DetectionDataset
+    from yolo.data.layout import open_split
     from yolo.data.transforms import train_transform
-    from yolo.data.voc import VOCDataset, load_records, read_classes
 
-    dataset = VOCDataset(load_records(args.data_root, args.data, read_classes(args.data_root)),
-                         train_transform(args.size))
+    dataset = DetectionDataset(open_split(args.data_root, args.data, args.format).records, train_transform(args.size))
     costs = measure_sample_costs(dataset)
     print(f"data  {args.data} ({len(dataset)} images) size {args.size}, CPU per image in-process: decode "
           f"{costs['decode_ms']:.2f} ms, augmentation {costs['augment_ms']:.2f} ms, whole sample "
@@ -40,6 +40,7 @@ def _training_step(cfg, device, num_classes: int, choice):
     precision and memory format of ``choice`` (a ``yolo.autotune.Choice``)."""
     from yolo.engine import train_step
     from yolo.fit import build_optimizer
+    from yolo.losses import init_loss_state
     from yolo.model import build_model
 
     model = build_model(cfg.model, num_classes).to(device)
@@ -48,10 +49,11 @@ def _training_step(cfg, device, num_classes: int, choice):
     run_model = torch.compile(model) if cfg.train.compile else model
     optimizer = build_optimizer(model, cfg.train)
     scaler = torch.amp.GradScaler(device.type, enabled=choice.amp_dtype == torch.float16)
+    loss_state = init_loss_state(cfg.loss.cls_loss, num_classes, device)
 
     def step(images, boxes, labels):
         train_step(run_model, images, boxes, labels, optimizer, cfg, cls_loss=cfg.loss.cls_loss, scaler=scaler,
-                   amp_dtype=choice.amp_dtype)
+                   amp_dtype=choice.amp_dtype, loss_state=loss_state)
     return step
 
 
@@ -105,17 +107,19 @@ def run_eval(args) -> list[dict]:
     from yolo.autotune import inference_settings
     from yolo.checkpoint import load_checkpoint
     from yolo.data.loader import build_loader, resolve_workers
+    from yolo.data.dataset import DetectionDataset
+    from yolo.data.layout import load_role
     from yolo.data.transforms import eval_transform
-    from yolo.data.voc import VOCDataset, load_records
     from yolo.fit import model_from_checkpoint, prepare_data
     from yolo.metrics import evaluate_detections
     from yolo.model import build_model
 
     cfg = _config(args)
     device = _device(cfg.train.device)
-    root, classes = prepare_data(cfg)
-    split = args.split or cfg.data.test
-    dataset = VOCDataset(load_records(root, split, classes), eval_transform(cfg.data.img_size), keep_difficult=True)
+    _, classes = prepare_data(cfg)
+    split = load_role(cfg, "test", args.split)
+    dataset = DetectionDataset.of_split(split, eval_transform(cfg.data.img_size), keep_difficult=True,
+                                        substitute=False)
     loader = build_loader(dataset, cfg.train.batch_size, train=False,
                           num_workers=resolve_workers(cfg.data.workers, device), seed=0)
     ckpt = load_checkpoint(args.checkpoint) if args.checkpoint else {}
@@ -129,12 +133,12 @@ def run_eval(args) -> list[dict]:
         model = model.to(memory_format=torch.channels_last)
     detections, t = _timed_inference(model, loader, cfg, device, amp_dtype, channels_last)
     tic = time.perf_counter()
-    evaluate_detections(dataset.records, detections, classes, coco_backend=cfg.eval.coco_backend)
+    evaluate_detections(split, detections, coco_backend=cfg.eval.coco_backend)
     t["metrics"] = time.perf_counter() - tic
-    row = {"part": "eval", "split": split, "images": len(dataset), "detections": len(detections),
+    row = {"part": "eval", "split": split.spec, "images": len(dataset), "detections": len(detections),
            "coco_backend": cfg.eval.coco_backend, **{f"{k}_s": v for k, v in t.items()},
            "images_per_s": len(dataset) / sum(t.values())}
-    print(f"eval  {split} ({len(dataset)} images, {len(detections)} detections) on {device}: inference "
+    print(f"eval  {split.spec} ({len(dataset)} images, {len(detections)} detections) on {device}: inference "
           f"{t['inference']:.2f} s, decode+NMS {t['decode_nms']:.2f} s, metrics ({cfg.eval.coco_backend}) "
           f"{t['metrics']:.2f} s: {row['images_per_s']:.1f} images/s", flush=True)
     return [row]
@@ -146,6 +150,7 @@ def _timed_inference(model, loader, cfg, device, amp_dtype, channels_last: bool)
     from yolo.decode import decode
     from yolo.engine import grid_for, sigmoid_scoring, to_detection_records
 
+    category_ids = loader.dataset.split.categories.ids
     t, detections = {"inference": 0.0, "decode_nms": 0.0}, []
     for images, targets in loader:
         tic = time.perf_counter()
@@ -160,7 +165,8 @@ def _timed_inference(model, loader, cfg, device, amp_dtype, channels_last: bool)
         dets = decode(preds, grid, sigmoid_scoring(cfg, cfg.train.epochs - 1), cfg.eval.conf_thresh,
                       cfg.eval.nms_iou, cfg.eval.max_det, cfg.eval.pre_nms_topk)
         for det, meta in zip(dets, targets["meta"]):
-            detections.extend(to_detection_records(det, meta))
+            if meta["readable"]:
+                detections.extend(to_detection_records(det, meta, category_ids))
         t["inference"] += mid - tic
         t["decode_nms"] += time.perf_counter() - mid
     return detections, t

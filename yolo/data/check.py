@@ -1,17 +1,21 @@
-"""Dataset audit: statistics and every problem, with file and reason.
+"""Dataset audit of any layout (VOC devkit, COCO JSON, YOLO data.yaml): statistics and every problem, with file
+(and line) and what training and evaluation do about it.
 
     python -m yolo.data.check ../shared/voc-sample                    # every annotation of the devkit
     python -m yolo.data.check data --split 2007:trainval+2012:trainval --json audit.json
     python -m yolo.data.check ../shared/voc-sample/VOCdevkit/VOC2012     # one VOC<name> folder
     python -m yolo.data.check data/shapes --split shapes:train        # statistics of the synthetic set
+    python -m yolo.data.check coco/annotations/instances_val2017.json  # a COCO JSON
+    python -m yolo.data.check my/data.yaml                            # every split of a YOLO dataset
 
-Reports images, objects, per-class counts, difficult/truncated counts, object sizes, and the problems:
-malformed XML, listed id without XML, missing image, unreadable/corrupted/truncated image, XML size
-disagreeing with the image, unknown class name, malformed object, degenerate or out-of-image box.
-The per-file checks are those of training/evaluation (``yolo.data.voc.parse_annotation`` and
-``decode_image``), which skip or clip instead. Exit status: 0 clean, 1 problems found, 2 bad arguments or a
-root / split that gives no image (an empty folder is never "clean").
-Dataset files are only read.
+Reports images, objects, per-class counts, difficult (ignored) / truncated counts, object sizes, and the problems:
+malformed annotation files, listed ids without annotation, missing image, unreadable/corrupted/truncated image, a
+size disagreeing with the image, unknown class, malformed object, degenerate or out-of-image box, defaulted COCO
+fields, categories without annotations, bad / duplicate / polygon YOLO label lines (``file:line``), and images
+whose EXIF orientation is not 1 (boxes refer to the stored pixel grid: ``yolo.data.images``). The per-file checks
+are those of training/evaluation (the readers and ``decode_image``), which skip, drop or clip instead. Exit
+status: 0 clean, 1 problems found, 2 bad arguments or a root / split that gives no image (an empty folder is never
+"clean"). Dataset files are only read.
 """
 import argparse
 import json
@@ -22,36 +26,92 @@ from pathlib import Path
 
 import numpy as np
 
-from yolo.data.voc import (ACTION_SKIP_IMAGE, ImageDecodeError, Problem, decode_image, find_devkit, is_year_folder,
-                           list_annotations, parse_annotations, read_classes)
+from yolo.data import coco, yolo_txt
+from yolo.data.images import ImageDecodeError, decode_image, exif_orientation
+from yolo.data.layout import FORMATS, detect_layout, open_split
+from yolo.data.record import (ACTION_KEPT, ACTION_SKIP_IMAGE, KIND_EXIF_ROTATED, KIND_UNKNOWN_CLASS, DatasetError,
+                              Problem)
+from yolo.data.voc import (find_devkit, is_year_folder, list_annotations, parse_annotations, read_classes,
+                           undeclared_classes_message)
 
 SIZE_BINS_PX = (0, 8, 16, 32, 64, 128, 256, 512, float("inf"))    # sqrt(box area), pixels
 RELATIVE_BINS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.7, 1.01)              # sqrt(box area / image area)
 
 
-def audit(root, spec: str | None = None, classes=None, decode: bool = True) -> dict:
-    """Scans a devkit (every ``VOC*/Annotations/*.xml``, or the images listed by ``spec``).
+def audit(root, spec: str | None = None, classes=None, decode: bool = True, fmt: str = "auto") -> dict:
+    """Scans a dataset: a VOC devkit (every ``VOC*/Annotations/*.xml``, or the images listed by ``spec``), a COCO
+    JSON or a YOLO data.yaml (the split ``spec``, or every split it has).
 
-    ``decode`` also decodes every image (corrupted/truncated files, decoded size vs XML).
-    Returns a JSON-serialisable report; ``report["problems"]`` lists dicts with ``file``, ``kind``,
+    ``decode`` also decodes every image (corrupted/truncated files, decoded size vs annotation).
+    Returns a JSON-serialisable report; ``report["problems"]`` lists dicts with ``file``, ``line``, ``kind``,
     ``detail`` and ``action`` (what training/evaluation do about it), ``report["clean"]`` is True without any.
     Raises DatasetError for a root or spec that gives no annotation (a missing or empty root, split file or
     ``VOC<name>`` folder) and ValueError for a bad spec.
     """
-    classes = read_classes(root) if classes is None else tuple(classes)
-    jobs = list_annotations(root, spec)
-    records, problems = parse_annotations(jobs, classes, check_image_size=True)
+    layout = detect_layout(root, fmt)
+    if layout == "voc":
+        report, records, problems, classes = _scan_voc(root, spec, classes)
+    else:
+        report, records, problems, classes = _scan_splits(root, spec, layout)
+    problems += _orientation_problems(records)
     if decode:
         records, decode_problems = _decode_all(records)
         problems += decode_problems
-    shown = Path(root) if is_year_folder(root) else find_devkit(root)
-    report = {"root": str(shown), "folders": sorted({str(folder.name) for folder, _ in jobs}), "spec": spec,
-              "annotations": len(jobs), "images": len(records)}
-    report.update(statistics(records, classes))
-    report["problems"] = [{"file": str(p.path), "kind": p.kind, "detail": p.detail, "action": p.action}
-                          for p in problems]
+    report.update(layout=layout, images=len(records), **statistics(records, classes))
+    report["problems"] = [{"file": str(p.path), "line": p.line, "kind": p.kind, "detail": p.detail,
+                           "action": p.action} for p in problems]
     report["clean"] = not problems
     return report
+
+
+def _scan_voc(root, spec, classes):
+    devkit = find_devkit(root)
+    classes = read_classes(root) if classes is None else tuple(classes)
+    jobs = list_annotations(root, spec)
+    records, problems = parse_annotations(jobs, classes, check_image_size=True)
+    if not (devkit / "classes.txt").is_file() and any(p.kind == KIND_UNKNOWN_CLASS for p in problems):
+        raise DatasetError(undeclared_classes_message(devkit, jobs))
+    shown = Path(root) if is_year_folder(root) else devkit
+    report = {"root": str(shown), "folders": sorted({str(folder.name) for folder, _ in jobs}), "spec": spec,
+              "annotations": len(jobs)}
+    return report, records, problems, classes
+
+
+def _scan_splits(root, spec, layout):
+    """The named split of a COCO / YOLO dataset, or every split it has."""
+    specs = [spec] if spec else _available_splits(root, layout)
+    splits = [open_split(root, name, layout) for name in specs]
+    records = [r for split in splits for r in split.records]
+    problems = [p for split in splits for p in split.problems]
+    report = {"root": str(root), "folders": specs, "spec": spec, "annotations": sum(s.listed for s in splits)}
+    return report, records, problems, splits[0].classes
+
+
+def _available_splits(root, layout) -> list[str]:
+    if layout == "yolo":         # a split naming the same images as an earlier one is audited once
+        data = yolo_txt.read_yaml(root)
+        present = [name for name in ("train", "val", "test") if name in data]
+        return [name for i, name in enumerate(present) if data[name] not in [data[n] for n in present[:i]]]
+    names = []
+    for name in ("train", "val", "test"):
+        try:
+            path, _ = coco.find_json(root, name)
+        except DatasetError:
+            continue
+        if path not in [coco.find_json(root, n)[0] for n in names]:
+            names.append(name)
+    if not names:
+        raise DatasetError(f"no COCO JSON found for train, val or test in {root}: name one with --split")
+    return names
+
+
+def _orientation_problems(records) -> list:
+    """Images whose EXIF orientation tag is not 1: boxes are read on the stored grid (the policy), not the
+    displayed one a labelling tool may have shown."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        tags = list(pool.map(lambda r: exif_orientation(r.image_path), records, chunksize=16))
+    return [Problem(r.image_path, KIND_EXIF_ROTATED, f"tag {tag}: displayed rotated or mirrored; its boxes are read "
+                    f"on the stored pixel grid", ACTION_KEPT) for r, tag in zip(records, tags) if tag != 1]
 
 
 def _decode_all(records):
@@ -69,9 +129,9 @@ def _decode_all(records):
 
 
 def statistics(records, classes) -> dict:
-    """Counts per class (objects, difficult, images) and object-size histograms of VOCRecords."""
+    """Counts per class (objects, difficult / ignored, images) and object-size histograms of Records."""
     labels = np.concatenate([r.labels for r in records]) if records else np.zeros(0, dtype=np.int64)
-    difficult = np.concatenate([r.difficult for r in records]) if records else np.zeros(0, dtype=bool)
+    difficult = np.concatenate([r.ignore for r in records]) if records else np.zeros(0, dtype=bool)
     truncated = np.concatenate([r.truncated for r in records]) if records else np.zeros(0, dtype=bool)
     boxes = np.concatenate([r.boxes_xyxy for r in records]) if records else np.zeros((0, 4), np.float32)
     image_area = np.array([r.width * r.height for r in records for _ in r.labels], dtype=np.float64)
@@ -132,19 +192,22 @@ def format_report(report: dict) -> str:
         lines.append("no problems found")
     else:
         lines.append(f"{len(report['problems'])} problems:")
-        lines += [f"  {p['file']}: {p['kind']}: {p['detail']} ({p['action']})" for p in report["problems"]]
+        lines += [f"  {p['file']}{'' if p['line'] is None else ':' + str(p['line'])}: {p['kind']}: {p['detail']} "
+                  f"({p['action']})" for p in report["problems"]]
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Audit a VOC-format dataset: statistics and every problem.")
-    parser.add_argument("root", help="folder holding VOCdevkit, VOCdevkit itself, or one VOC<name> folder")
-    parser.add_argument("--split", help="data spec, e.g. 2007:trainval+2012:trainval (default: all)")
+    parser = argparse.ArgumentParser(description="Audit a dataset (VOC, COCO, YOLO): statistics and every problem.")
+    parser.add_argument("root", help="a VOC devkit (or the folder holding it, or one VOC<name> folder), a COCO JSON "
+                                     "(or its folder) or a YOLO data.yaml")
+    parser.add_argument("--split", help="split, e.g. 2007:trainval+2012:trainval, val (default: all)")
+    parser.add_argument("--format", default="auto", choices=FORMATS, help="the layout (default: from the path)")
     parser.add_argument("--json", help="also write the report to this JSON file")
     parser.add_argument("--no-decode", action="store_true", help="skip decoding the images (faster)")
     args = parser.parse_args(argv)
     try:
-        report = audit(args.root, args.split, decode=not args.no_decode)
+        report = audit(args.root, args.split, decode=not args.no_decode, fmt=args.format)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

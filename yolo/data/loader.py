@@ -1,6 +1,6 @@
 """Batching: collate, a resumable/distributed epoch sampler with per-sample augmentation seeds, DataLoader.
 
-Determinism: the sampler yields ``(index, aug_seed)`` keys and ``VOCDataset`` seeds the augmentation of
+Determinism: the sampler yields ``(index, aug_seed)`` keys and ``DetectionDataset`` seeds the augmentation of
 that sample with ``aug_seed``, a hash of ``(seed, epoch, index)``. A batch is therefore the same whatever
 the number of workers, with or without persistent workers, and after resuming mid-epoch with ``skip``.
 
@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from yolo.data.voc import decode_image
+from yolo.data.images import decode_image
 
 logger = logging.getLogger(__name__)
 
-META_KEYS = ("image_id", "index", "orig_size", "scale", "pad")
+META_KEYS = ("image_id", "index", "readable", "orig_size", "scale", "pad")
 
 
 def collate(batch):
@@ -41,8 +41,9 @@ def collate(batch):
     takes on its way to a channels_last model (no CHW transpose, no NCHW -> NHWC conversion on the device).
     In a worker process the stack goes straight into shared memory, so sending the batch copies nothing more.
     ``targets``: ``boxes_xyxy`` float32 (N, Mmax, 4) zero-padded, ``labels`` int64 (N, Mmax) padded with -1,
-    ``meta``: list of N dicts with ``image_id``, ``index``, ``orig_size``, ``scale``, ``pad``. Mmax is the largest
-    object count rounded up to a multiple of 8 (at least 8), so that a compiled model sees few distinct shapes.
+    ``meta``: list of N dicts with ``image_id``, ``index``, ``readable``, ``orig_size``, ``scale``, ``pad``. Mmax is
+    the largest object count rounded up to a multiple of 8 (at least 8), so that a compiled model sees few distinct
+    shapes.
     """
     hwc = [image.permute(1, 2, 0).numpy() for image, _ in batch]
     images_nhwc = torch.empty((len(hwc), *hwc[0].shape), dtype=torch.uint8)
@@ -297,7 +298,7 @@ def measure_loader_throughput(dataset, batch_size: int, num_workers: int, num_ba
 def measure_sample_costs(dataset, num_images: int = 200, passes: int = 3) -> dict:
     """Where a worker's time goes: CPU milliseconds per image of decoding, of the augmentation alone (on
     already decoded images) and of a whole ``dataset[(index, aug_seed)]``, in this process with OpenCV on
-    one thread; best of ``passes`` over the first ``num_images`` records of a VOCDataset."""
+    one thread; best of ``passes`` over the first ``num_images`` records of a DetectionDataset."""
     records = dataset.records[:num_images]
     decoded = [decode_image(r.image_path) for r in records]
 

@@ -2,6 +2,7 @@
 
     python -m yolo.data.preview --data-root ../shared/voc-sample --data 2012:trainval --out preview.png
     python -m yolo.data.preview --data-root data/shapes --data shapes:train --size 160 --out shapes.png
+    python -m yolo.data.preview --data-root my/data.yaml --data val --out mine.png         # a YOLO (or COCO) set
 
 ``--eval`` shows the evaluation preset instead of the training one; ``--keep-difficult`` also draws the
 difficult objects (they are not training targets by default).
@@ -14,7 +15,9 @@ import numpy as np
 
 from yolo.data.loader import aug_seeds
 from yolo.data.transforms import eval_transform, train_transform
-from yolo.data.voc import VOCDataset, load_records, read_classes
+from yolo.data.dataset import DetectionDataset
+from yolo.data.layout import FORMATS, open_split
+from yolo.data.record import DatasetError
 
 
 def _colour(label: int) -> tuple:
@@ -56,8 +59,11 @@ def render_grid(dataset, class_names, n: int, seed: int) -> np.ndarray:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Render augmented samples with their boxes to a PNG.")
-    parser.add_argument("--data-root", required=True, help="folder holding VOCdevkit (or VOCdevkit itself)")
-    parser.add_argument("--data", required=True, help="data spec, e.g. 2007:trainval or shapes:train")
+    parser.add_argument("--data-root", required=True, help="a VOC devkit, a COCO JSON (or its folder) or a YOLO "
+                                                           "data.yaml")
+    parser.add_argument("--data", required=True, help="split, e.g. 2007:trainval or shapes:train (VOC), train or "
+                                                      "val (COCO, YOLO)")
+    parser.add_argument("--format", default="auto", choices=FORMATS, help="the layout (default: from the path)")
     parser.add_argument("--out", required=True, help="output PNG path")
     parser.add_argument("--n", type=int, default=16, help="number of samples")
     parser.add_argument("--size", type=int, default=416, help="network input size")
@@ -68,12 +74,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     transform = (eval_transform(args.size, "letterbox" if args.letterbox else "stretch") if args.eval
                  else train_transform(args.size))
-    records = load_records(args.data_root, args.data)
-    if not records:
-        print(f"no readable images in {args.data_root} {args.data}")
-        return 1
-    dataset = VOCDataset(records, transform, keep_difficult=args.keep_difficult)
-    grid = render_grid(dataset, read_classes(args.data_root), args.n, args.seed)
+    try:
+        split = open_split(args.data_root, args.data, args.format)
+    except DatasetError as error:
+        print(f"error: {error}")
+        return 2
+    dataset = DetectionDataset.of_split(split, transform, keep_difficult=args.keep_difficult)
+    grid = render_grid(dataset, split.classes, args.n, args.seed)
     if not cv2.imwrite(args.out, grid):
         print(f"could not write {args.out}")
         return 1

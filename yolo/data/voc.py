@@ -1,4 +1,4 @@
-"""PASCAL VOC devkit reader: data specs, annotation parsing with per-file checks, and the torch Dataset.
+"""PASCAL VOC devkit reader: data specs, annotation parsing with per-file checks, into the neutral records.
 
 Layout read (the official devkit)::
 
@@ -11,8 +11,12 @@ Layout read (the official devkit)::
 (then a data spec may name only that ``<name>``). A data spec such as ``2007:trainval+2012:trainval`` selects and
 concatenates ``<name>:<split>`` parts. A root or spec that gives no image is a ``DatasetError``.
 
-Coordinates: ``VOCRecord.boxes_voc`` keeps the XML's 1-based inclusive values; the one conversion to the
-model's float pixel-edge ``boxes_xyxy`` is ``yolo.boxes.voc_to_xyxy`` (see ``VOCRecord.boxes_xyxy``).
+Classes: ``classes.txt`` when the devkit has one, else the 20 VOC classes, and then every object must carry one of
+their names: a devkit labelled with other names and no ``classes.txt`` is a ``DatasetError`` listing the names found
+(rather than a dataset whose every object is dropped as "unknown class").
+
+Coordinates: the XML's 1-based inclusive corners are read here and converted once, by ``yolo.boxes.voc_to_xyxy``,
+to the records' float pixel-edge ``boxes_xyxy`` (``x1 = xmin - 1, x2 = xmax``); they do not leave this module.
 
 The per-file checks in :func:`parse_annotation` are the ones the audit (``python -m yolo.data.check``)
 reports; loading applies them and skips (or clips) with a single summary warning instead of crashing.
@@ -21,19 +25,19 @@ import logging
 import math
 import os
 import re
-import struct
 import xml.etree.ElementTree as ET
-from collections import defaultdict
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
-import torch
 
 from yolo.boxes import voc_to_xyxy
-from yolo.config import ConfigError
+from yolo.data.images import read_image_size
+from yolo.data.record import (ACTION_CLIP_BOX, ACTION_DROP_OBJECT, ACTION_SKIP_IMAGE, KIND_DEGENERATE_BOX,
+                              KIND_MALFORMED_OBJECT, KIND_MALFORMED_XML, KIND_MISSING_ANNOTATION, KIND_MISSING_IMAGE,
+                              KIND_OUTSIDE_BOX, KIND_SIZE_MISMATCH, KIND_UNKNOWN_CLASS, KIND_UNREADABLE_IMAGE,
+                              Categories, DatasetError, Problem, Record, Split, describe_folder, summarize_problems)
 
 logger = logging.getLogger(__name__)
 
@@ -42,48 +46,6 @@ VOC_CLASSES = (
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )
 
-
-@dataclass
-class VOCRecord:
-    """One annotated image, boxes in the annotation's 1-based inclusive pixel coordinates."""
-    image_id: str              # file stem, e.g. "2008_000123"
-    image_path: Path
-    width: int                 # from the XML <size>
-    height: int
-    boxes_voc: np.ndarray      # (M, 4) float32 xmin, ymin, xmax, ymax as written in the XML
-    labels: np.ndarray         # (M,) int64 index into the dataset's class list
-    difficult: np.ndarray      # (M,) bool
-    truncated: np.ndarray      # (M,) bool
-
-    @property
-    def boxes_xyxy(self) -> np.ndarray:
-        """(M, 4) float32 pixel-edge boxes, the convention of the model (see yolo.boxes)."""
-        return voc_to_xyxy(self.boxes_voc).astype(np.float32)
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One defect found in a dataset file, and what loading does about it."""
-    path: Path
-    kind: str      # short category, e.g. "missing image", "unknown class" (see the KIND_* constants)
-    detail: str    # human-readable specifics
-    action: str    # ACTION_SKIP_IMAGE, ACTION_DROP_OBJECT or ACTION_CLIP_BOX
-
-
-KIND_MISSING_ANNOTATION = "missing annotation"
-KIND_MALFORMED_XML = "malformed XML"
-KIND_MISSING_IMAGE = "missing image"
-KIND_UNREADABLE_IMAGE = "unreadable image"
-KIND_TRUNCATED_IMAGE = "truncated image"
-KIND_SIZE_MISMATCH = "size mismatch"
-KIND_UNKNOWN_CLASS = "unknown class"
-KIND_MALFORMED_OBJECT = "malformed object"
-KIND_DEGENERATE_BOX = "degenerate box"
-KIND_OUTSIDE_BOX = "box outside image"
-
-ACTION_SKIP_IMAGE = "image skipped"
-ACTION_DROP_OBJECT = "object dropped"
-ACTION_CLIP_BOX = "box clipped"
 
 _SPEC_PART = re.compile(r"^([A-Za-z0-9_.-]+):([A-Za-z0-9_.-]+)$")
 _SPEC_EXAMPLE = ("expected '<name>:<split>' parts joined by '+', "
@@ -105,10 +67,6 @@ def parse_spec(spec: str) -> list[tuple[str, str]]:
             raise ValueError(f"bad data spec part {part!r} in {spec!r}: {_SPEC_EXAMPLE}")
         parts.append((match.group(1), match.group(2)))
     return parts
-
-
-class DatasetError(ConfigError):
-    """A dataset root or data spec that gives no images: the message says what was expected and what was found."""
 
 
 EXPECTED_LAYOUT = ("expected the folder holding VOCdevkit, VOCdevkit itself, or one VOC<name> folder, laid out as "
@@ -143,23 +101,12 @@ def year_folders(root) -> dict[str, Path]:
     return folders
 
 
-def describe_folder(path, limit: int = 6) -> str:
-    """What a folder holds, for error messages: 'no such folder', 'an empty folder' or its first entries."""
-    path = Path(path)
-    if not path.is_dir():
-        return "no such folder" if not path.exists() else "a file, not a folder"
-    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
-    if not entries:
-        return "an empty folder"
-    more = f" and {len(entries) - limit} more" if len(entries) > limit else ""
-    return f"{len(entries)} entries: {', '.join(entries[:limit])}{more}"
-
-
 def read_classes(root) -> tuple[str, ...]:
     """The class names of a devkit root, in label order.
 
     ``VOC_CLASSES`` (the standard 20 VOC classes) unless the devkit root holds a ``classes.txt``
-    with one name per line (blank lines ignored), as the synthetic shapes set writes.
+    with one name per line (blank lines ignored), as the synthetic shapes set writes. Without ``classes.txt``,
+    :func:`load_split` accepts only objects named after VOC classes.
     """
     path = find_devkit(root) / "classes.txt"
     if not path.is_file():
@@ -187,54 +134,13 @@ def read_split_ids(root, name: str, split: str) -> list[str]:
     return [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
 
 
-def read_image_size(path) -> tuple[int, int] | None:
-    """(width, height) read from a JPEG or PNG header without decoding; None if not readable that way.
-
-    Raises FileNotFoundError when the file does not exist.
-    """
-    with open(path, "rb") as f:
-        head = f.read(24)
-        if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) == 24:
-            return struct.unpack(">II", head[16:24])
-        if head[:2] != b"\xff\xd8":
-            return None
-        f.seek(2)
-        return _jpeg_frame_size(f)
-
-
-def _jpeg_frame_size(f) -> tuple[int, int] | None:
-    """Walks the JPEG marker segments up to the start-of-frame (SOFn) and returns its (width, height)."""
-    while True:
-        byte = f.read(1)
-        while byte == b"\xff":      # fill bytes before a marker
-            byte = f.read(1)
-        if not byte:
-            return None
-        marker = byte[0]
-        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:   # markers without a length field
-            continue
-        if marker == 0xD9:
-            return None
-        length_bytes = f.read(2)
-        if len(length_bytes) < 2:
-            return None
-        length = struct.unpack(">H", length_bytes)[0]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            frame = f.read(5)
-            if len(frame) < 5:
-                return None
-            height, width = struct.unpack(">HH", frame[1:5])
-            return width, height
-        f.seek(length - 2, 1)
-
-
 def parse_annotation(xml_path, image_dir, classes, check_image_size: bool = True):
     """Parses one VOC XML with the cheap checks shared by loading and the audit.
 
-    Returns ``(record or None, problems)``. The record is None when the image must be skipped
-    (malformed XML, missing image, unreadable image header, XML size disagreeing with the image).
-    Objects with an unknown class, a missing/non-numeric box or a degenerate box are dropped;
-    boxes reaching outside the image are clipped to it (in memory; files are never modified).
+    Returns ``(Record or None, problems)``; ``difficult`` objects are the record's ``ignore`` ones. The record is
+    None when the image must be skipped (malformed XML, missing image, unreadable image header, XML size
+    disagreeing with the image). Objects with an unknown class, a missing/non-numeric box or a degenerate box are
+    dropped; boxes reaching outside the image are clipped to it (in memory; files are never modified).
     """
     xml_path = Path(xml_path)
     try:
@@ -255,12 +161,13 @@ def parse_annotation(xml_path, image_dir, classes, check_image_size: bool = True
         row = _parse_object(obj, xml_path, class_index, width, height, problems)
         if row is not None:
             rows.append(row)
-    boxes = np.array([r[0] for r in rows], dtype=np.float32).reshape(-1, 4)
-    record = VOCRecord(
-        image_id=xml_path.stem, image_path=image_path, width=width, height=height, boxes_voc=boxes,
-        labels=np.array([r[1] for r in rows], dtype=np.int64),
-        difficult=np.array([r[2] for r in rows], dtype=bool),
-        truncated=np.array([r[3] for r in rows], dtype=bool),
+    boxes_voc = np.array([r[0] for r in rows], dtype=np.float32).reshape(-1, 4)
+    difficult = np.array([r[2] for r in rows], dtype=bool)
+    record = Record(
+        image_id=xml_path.stem, image_path=image_path, width=width, height=height,
+        boxes_xyxy=voc_to_xyxy(boxes_voc).astype(np.float32),    # float32 arithmetic, as training always had
+        labels=np.array([r[1] for r in rows], dtype=np.int64), ignore=difficult,
+        crowd=np.zeros_like(difficult), truncated=np.array([r[3] for r in rows], dtype=bool),
     )
     return record, problems
 
@@ -336,31 +243,21 @@ def _parse_object(obj, xml_path, class_index, width, height, problems):
     return clipped, class_index[name], difficult, truncated
 
 
-def summarize_problems(problems, limit: int = 5) -> str:
-    """One line per problem kind: count, action and the first ``limit`` files with details."""
-    by_kind = defaultdict(list)
-    for problem in problems:
-        by_kind[(problem.kind, problem.action)].append(problem)
-    lines = []
-    for (kind, action), items in sorted(by_kind.items()):
-        shown = "; ".join(f"{p.path.name} ({p.detail})" for p in items[:limit])
-        more = f"; and {len(items) - limit} more" if len(items) > limit else ""
-        lines.append(f"  {kind}: {len(items)} ({action}): {shown}{more}")
-    return "\n".join(lines)
-
-
-def load_records(root, spec: str, classes=None, check_image_size: bool = True) -> list[VOCRecord]:
-    """Parses every annotation listed by ``spec`` under the dataset ``root`` into VOCRecords.
+def load_split(root, spec: str, categories: Categories | None = None, check_image_size: bool = True) -> Split:
+    """Parses every annotation listed by ``spec`` under the dataset ``root`` into a :class:`Split`.
 
     Applies :func:`parse_annotation`'s checks; skipped images, dropped objects and clipped boxes are
-    reported in ONE summary ``logger.warning``. ``classes`` defaults to :func:`read_classes` of the root.
+    reported in ONE summary ``logger.warning``. ``categories`` defaults to :func:`read_categories` of the root.
     Raises DatasetError when the root, a ``VOC<name>`` folder or a split file is missing, when the spec lists
-    no images, or when none of them is usable.
+    no images, when none of them is usable, or when the devkit has no ``classes.txt`` and objects carry names
+    that are not VOC classes.
     """
     devkit = find_devkit(root)
-    classes = read_classes(devkit) if classes is None else tuple(classes)
+    categories = read_categories(devkit) if categories is None else categories
     jobs = list_annotations(root, spec)
-    records, problems = parse_annotations(jobs, classes, check_image_size)
+    records, problems = parse_annotations(jobs, categories.names, check_image_size)
+    if not (devkit / "classes.txt").is_file() and any(p.kind == KIND_UNKNOWN_CLASS for p in problems):
+        raise DatasetError(undeclared_classes_message(devkit, jobs))
     if problems:
         skipped = sum(p.action == ACTION_SKIP_IMAGE for p in problems)
         logger.warning("%s: loaded %d of %d images of %s; %d problems (%d images skipped):\n%s", devkit,
@@ -370,7 +267,31 @@ def load_records(root, spec: str, classes=None, check_image_size: bool = True) -
                            f"problems: python -m yolo.data.check {root} --split {spec} lists them)")
     logger.info("%s %s: %d images, %d objects", devkit, spec, len(records),
                 sum(len(r.labels) for r in records))
-    return records
+    return Split("voc", spec, devkit, records, categories, [i for _, i in jobs], problems)
+
+
+def load_records(root, spec: str, classes=None, check_image_size: bool = True) -> list[Record]:
+    """The records of :func:`load_split` with the class names ``classes`` (default: :func:`read_classes`)."""
+    categories = None if classes is None else Categories.numbered(classes)
+    return load_split(root, spec, categories, check_image_size).records
+
+
+def undeclared_classes_message(devkit: Path, jobs) -> str:
+    """The one-line error for a devkit without ``classes.txt`` whose objects are not all named after VOC classes:
+    every name found (with its count), and how to declare the list."""
+    names = Counter()
+    for year_dir, image_id in jobs:
+        try:
+            tree = ET.parse(year_dir / "Annotations" / f"{image_id}.xml").getroot()
+        except (ET.ParseError, OSError):
+            continue
+        names.update((obj.findtext("name") or "").strip() for obj in tree.iter("object"))
+    foreign = sorted(n for n in names if n not in VOC_CLASSES)
+    found = ", ".join(f"{name} ({names[name]})" for name in sorted(names))
+    return (f"{devkit}: objects are named {', '.join(map(repr, foreign[:8]))}"
+            f"{' and more' if len(foreign) > 8 else ''}, which are not VOC classes, and there is no "
+            f"{devkit / 'classes.txt'}: declare the class list there, one name per line in label order "
+            f"(names found: {found})")
 
 
 def list_annotations(root, spec: str | None = None) -> list[tuple[Path, str]]:
@@ -397,6 +318,22 @@ def list_annotations(root, spec: str | None = None) -> list[tuple[Path, str]]:
     return jobs
 
 
+def is_dataset(root) -> bool:
+    """Whether ``root`` is one of the accepted devkit roots and holds at least one ``VOC<name>`` folder."""
+    root = Path(root)
+    return root.is_dir() and (is_year_folder(root) or any(is_year_folder(p) for p in find_devkit(root).glob("VOC*")))
+
+
+def read_categories(root, spec: str | None = None) -> Categories:
+    """The devkit's classes (:func:`read_classes`, whatever the split) as categories 1..C."""
+    return Categories.numbered(read_classes(root))
+
+
+def image_ids(root, spec: str) -> list[str]:
+    """``<VOC folder name>/<image id>`` of every image ``spec`` lists: the ids of the data fingerprint."""
+    return [f"{folder.name}/{image_id}" for folder, image_id in list_annotations(root, spec)]
+
+
 def parse_annotations(jobs, classes, check_image_size: bool = True):
     """Parses ``(year_dir, image_id)`` jobs on a thread pool (I/O bound), keeping their order.
 
@@ -415,102 +352,3 @@ def parse_annotations(jobs, classes, check_image_size: bool = True):
     records = [record for record, _ in results if record is not None]
     problems = [problem for _, found in results for problem in found]
     return records, problems
-
-
-class ImageDecodeError(Exception):
-    """An image that cannot be used: ``kind`` is one of the Problem kinds, ``detail`` says why."""
-
-    def __init__(self, kind: str, detail: str):
-        super().__init__(f"{kind}: {detail}")
-        self.kind, self.detail = kind, detail
-
-
-def decode_image(path, expected_size=None) -> np.ndarray:
-    """Decodes an image file to uint8 RGB (H, W, 3); raises ImageDecodeError when it cannot be used.
-
-    Grayscale, CMYK and alpha images are converted to 3-channel RGB. EXIF orientation is ignored so the
-    pixels match the annotation's coordinate frame (VOC boxes refer to the stored pixel grid).
-    ``expected_size`` = (width, height) from the annotation is checked against the decoded image.
-    """
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as error:
-        raise ImageDecodeError(KIND_UNREADABLE_IMAGE, f"cannot read: {error}") from None
-    # A JPEG must end with its EOI marker (0xFFD9), possibly followed by padding; libjpeg decodes
-    # truncated files without an error (the missing rows come out grey), so check it explicitly.
-    if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-4096:].tobytes():
-        raise ImageDecodeError(KIND_TRUNCATED_IMAGE, "JPEG without end-of-image marker")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
-    if image is None:
-        raise ImageDecodeError(KIND_UNREADABLE_IMAGE, "not a decodable image")
-    if expected_size is not None and (image.shape[1], image.shape[0]) != tuple(expected_size):
-        raise ImageDecodeError(KIND_SIZE_MISMATCH, f"decoded {image.shape[1]}x{image.shape[0]}, "
-                                                   f"annotated {expected_size[0]}x{expected_size[1]}")
-    return image
-
-
-class VOCDataset(torch.utils.data.Dataset):
-    """Images and detection targets from VOCRecords, through an augmentation ``transform``.
-
-    ``dataset[index]`` or ``dataset[(index, aug_seed)]`` returns ``(image, target)``: ``image`` is a uint8 RGB
-    tensor (3, H, W), a view of the augmented (H, W, 3) pixels (channels-last strides, see ``collate``); ``target`` holds ``boxes_xyxy`` float32 (M, 4) in network-input
-    pixels, ``labels`` int64 (M,), ``image_id``, ``index`` (of the record actually loaded), ``orig_size``
-    (H0, W0), ``scale`` (sx, sy) and ``pad`` (px, py) with ``orig = (input - pad) / scale``.
-    Difficult objects are left out of the target unless ``keep_difficult``.
-
-    ``transform(image, boxes_xyxy, labels, seed=aug_seed)`` must return a dict with ``image``,
-    ``boxes_xyxy``, ``labels``, ``scale`` and ``pad`` (see yolo.data.transforms); None keeps the image as is.
-    An image that fails to decode is logged once (per process) and replaced by the next readable record,
-    so the substitution is deterministic; ``target["index"]`` tells which record was used.
-    """
-
-    def __init__(self, records, transform=None, keep_difficult: bool = False):
-        self.records = list(records)
-        self.transform = transform
-        self.keep_difficult = keep_difficult
-        # The (boxes_xyxy, labels) targets, converted and filtered once instead of per sample.
-        self._targets = []
-        for record in self.records:
-            keep = np.ones(len(record.labels), dtype=bool) if keep_difficult else ~record.difficult
-            self._targets.append((record.boxes_xyxy[keep], record.labels[keep]))
-        self._failed = set()
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, key):
-        index, aug_seed = key if isinstance(key, tuple) else (key, None)
-        for offset in range(len(self.records)):
-            candidate = (index + offset) % len(self.records)
-            image = self._read(candidate)
-            if image is not None:
-                return self._make_sample(candidate, image, aug_seed)
-        raise RuntimeError(f"none of the {len(self.records)} images of the dataset could be decoded")
-
-    def _read(self, index: int):
-        if index in self._failed:
-            return None
-        record = self.records[index]
-        try:
-            return decode_image(record.image_path, (record.width, record.height))
-        except ImageDecodeError as error:
-            self._failed.add(index)
-            logger.warning("skipping %s: %s (substituting the next readable image)", record.image_path, error)
-            return None
-
-    def _make_sample(self, index: int, image: np.ndarray, aug_seed):
-        record = self.records[index]
-        boxes_xyxy, labels = self._targets[index]
-        orig_size = image.shape[:2]
-        if self.transform is None:
-            out = dict(image=image, boxes_xyxy=boxes_xyxy, labels=labels, scale=(1.0, 1.0), pad=(0.0, 0.0))
-        else:
-            out = self.transform(image, boxes_xyxy, labels, seed=aug_seed)
-        image_chw = torch.from_numpy(out["image"]).permute(2, 0, 1)   # a CHW view: collate stacks the HWC pixels
-        target = dict(
-            boxes_xyxy=torch.as_tensor(np.asarray(out["boxes_xyxy"], dtype=np.float32).reshape(-1, 4)),
-            labels=torch.as_tensor(np.asarray(out["labels"], dtype=np.int64).reshape(-1)),
-            image_id=record.image_id, index=index, orig_size=orig_size,
-            scale=tuple(out["scale"]), pad=tuple(out["pad"]),
-        )
-        return image_chw, target

@@ -1,0 +1,344 @@
+"""Tuning (yolo.tune): search spaces and their refusals, the expected-max estimator on known numbers, the equal
+budget, a study that resumes from its journal on a fresh clone, workers that share a journal, the best-config file
+feeding the seeds stage, and a tiny tuning end to end."""
+import itertools
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+
+from yolo.ablate import execute
+from yolo.ablate.plan import plan_runs
+from yolo.ablate.spec import load_ablation
+from yolo.ablate.stats import expected_max
+from yolo.cluster import RunInterrupted
+from yolo.config import ConfigError
+from yolo.tune import report, study, worker
+from yolo.tune.cli import main
+from yolo.tune.space import parse_space
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tiny(root: Path, trials: int = 3) -> dict:
+    """Two rows on a reduced shapes set, each with a search space."""
+    return {
+        "base": str(REPO / "configs" / "shapes.yaml"), "seeds": 2, "selection": "best_val", "baseline": "ce",
+        "results": str(root / "results"), "frequency_buckets": {"rare": 6, "frequent": None},
+        "tune": {"trials": trials, "sampler": "qmc", "sampler_seed": 0, "seeds": 2, "first_seed": 1},
+        "overrides": {
+            "data": {"root": str(root / "shapes" / "VOCdevkit"), "shapes_train": 32, "shapes_val": 8,
+                     "shapes_test": 8, "shapes_size": 64, "img_size": 32, "workers": 0},
+            "model": {"channels": 16, "head_convs": 1},
+            "train": {"epochs": 2, "batch_size": 16, "eval_every": 1, "warmup_epochs": 0, "amp": "none"},
+            "eval": {"conf_thresh": 0.0},
+        },
+        "tables": [{"title": "Classification loss", "rows": [
+            {"name": "ce", "overrides": {"loss": {"cls_loss": "ce"}},
+             "search": {"train.lr": {"log_uniform": [1e-3, 4e-3]}}},
+            {"name": "sigmoid_focal", "overrides": {"loss": {"cls_loss": "sigmoid_focal"}},
+             "search": {"train.lr": {"log_uniform": [1e-3, 4e-3]}, "loss.gamma": {"uniform": [0.0, 3.0]},
+                        "loss.alpha": {"choice": [None, 0.25, 0.5]}}}]}],
+    }
+
+
+def _write(path: Path, content: dict) -> Path:
+    path.write_text(yaml.safe_dump(content, sort_keys=False))
+    return path
+
+
+def _objective(params: dict) -> float:
+    """A fake best val mAP, a smooth function of the trial's values."""
+    return round(0.5 + 0.1 * np.log(params["train.lr"] / 1e-3) - 0.05 * params.get("loss.gamma", 0.0), 6)
+
+
+def _fake_run_one(trained: list, interrupt_at: int | None = None):
+    def run_one(run, selection, progress=True, stop=None, runs_at_once=1):
+        if interrupt_at is not None and len(trained) == interrupt_at:
+            raise RunInterrupted("stopped by the test")
+        params = {"train.lr": run.cfg.train.lr, "loss.gamma": run.cfg.loss.gamma}
+        if run.variants == ["ce"]:
+            params.pop("loss.gamma")
+        trained.append((run.variants[0], run.cfg.train.lr))
+        return {"history": [{"epoch": 1, "voc07_map50": _objective(params) - 0.1},
+                            {"epoch": 2, "voc07_map50": _objective(params)}]}
+    return run_one
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# search spaces
+
+
+def test_a_search_space_becomes_optuna_distributions():
+    space = parse_space({"train.lr": {"log_uniform": [1e-3, 4e-3]}, "loss.gamma": {"uniform": [0, 3]},
+                         "train.warmup_epochs": {"int": [0, 3]}, "loss.alpha": {"choice": [None, 0.25]}}, "f")
+    assert space["train.lr"] == optuna.distributions.FloatDistribution(1e-3, 4e-3, log=True)
+    assert space["loss.gamma"] == optuna.distributions.FloatDistribution(0.0, 3.0)
+    assert space["train.warmup_epochs"] == optuna.distributions.IntDistribution(0, 3)
+    assert space["loss.alpha"] == optuna.distributions.CategoricalDistribution([None, 0.25])
+
+
+@pytest.mark.parametrize("search,message", [
+    ({"lr": {"uniform": [0, 1]}}, "'section.field'"),
+    ({"train.lr": {"normal": [0, 1]}}, "expected one of"),
+    ({"train.lr": {"uniform": [1, 0]}}, "low < high"),
+    ({"train.lr": {"log_uniform": [0, 1]}}, "positive low bound"),
+    ({"train.lr": {"uniform": [0, float("inf")]}}, "finite"),
+    ({"train.warmup_epochs": {"int": [0, 2.5]}}, "integer bounds"),
+    ({"loss.alpha": {"choice": [0.25]}}, "at least two"),
+    ({"loss.alpha": {"choice": [0.25, 0.25]}}, "distinct"),
+    ({"train.not_a_field": {"uniform": [0, 1]}}, "not_a_field"),
+    ({"loss.cls_loss": {"choice": ["ce", "no_such_loss"]}}, "no_such_loss"),
+    ({"train.lr": {"uniform": [-1.0, 1.0]}}, "lr"),
+])
+def test_a_bad_search_space_is_refused_before_any_trial_naming_the_row(tmp_path, search, message):
+    config = _tiny(tmp_path)
+    config["tables"][0]["rows"][1]["search"] = search
+    tuning_file = _write(tmp_path / "t.yaml", config)
+    with pytest.raises(ConfigError, match=message) as error:
+        study.load_tune(load_ablation([tuning_file]))
+    assert "sigmoid_focal" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_file_without_tune_section_or_without_any_space_is_refused(tmp_path):
+    config = _tiny(tmp_path)
+    del config["tune"]
+    with pytest.raises(ConfigError, match="no `tune` section"):
+        study.load_tune(load_ablation([_write(tmp_path / "a.yaml", config)]))
+    config = _tiny(tmp_path)
+    for row in config["tables"][0]["rows"]:
+        del row["search"]
+    with pytest.raises(ConfigError, match="nothing to tune"):
+        study.load_tune(load_ablation([_write(tmp_path / "b.yaml", config)]))
+    config = _tiny(tmp_path)
+    config["tune"]["trials"] = 0
+    with pytest.raises(ConfigError, match="tune.trials must be a positive integer"):
+        study.load_tune(load_ablation([_write(tmp_path / "c.yaml", config)]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Dodge et al.'s expected maximum
+
+
+def test_expected_max_on_known_numbers():
+    # best of 2 draws from {1, 2, 3}: P(max = 1) = 1/9, P(2) = 3/9, P(3) = 5/9
+    mean, std = expected_max([3.0, 1.0, 2.0], 2)
+    assert mean == pytest.approx(22 / 9)
+    assert std == pytest.approx(np.sqrt((1 + 4 * 3 + 9 * 5) / 9 - (22 / 9) ** 2))
+    assert expected_max([3.0, 1.0, 2.0], 1) == pytest.approx((2.0, np.std([1, 2, 3])))
+    assert expected_max([0.4, 0.7], 60)[0] == pytest.approx(0.7)    # many trials: the best value
+    assert expected_max([0.5] * 4, 3) == pytest.approx((0.5, 0.0))
+    with pytest.raises(ValueError):
+        expected_max([], 1)
+
+
+def test_expected_max_equals_the_enumeration_of_every_draw():
+    values = [0.61, 0.55, 0.70, 0.58, 0.66]
+    for n in (1, 2, 3):
+        maxima = [max(draw) for draw in itertools.product(values, repeat=n)]
+        assert expected_max(values, n) == pytest.approx((np.mean(maxima), np.std(maxima)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the study: equal budget, resume from the journal on a fresh clone, workers sharing it
+
+
+def test_every_row_gets_the_same_budget_and_a_stopped_study_resumes_on_a_fresh_clone(tmp_path, monkeypatch):
+    ablation = load_ablation([_write(tmp_path / "t.yaml", _tiny(tmp_path, trials=3))])
+    trained = []
+    monkeypatch.setattr(worker, "run_one", _fake_run_one(trained, interrupt_at=3))
+    tuning = study.open_tuning(ablation, tmp_path / "out", tmp_path / "results")
+    with pytest.raises(RunInterrupted):
+        worker.work(tuning, progress=False)
+    assert len(trained) == 3
+    running = [(row, t) for row, s in tuning.studies.items()
+               for t in s.get_trials(states=(optuna.trial.TrialState.RUNNING,))]
+    assert len(running) == 1 and running[0][1].user_attrs["heartbeat"] == 0.0     # released, not lost
+    row, number, params = running[0][0], running[0][1].number, dict(running[0][1].params)
+
+    clone = tmp_path / "clone"                      # a fresh clone holds the committed journal, nothing else
+    clone.mkdir()
+    shutil.copy(tmp_path / "results" / study.JOURNAL, clone / study.JOURNAL)
+    resumed = study.open_tuning(ablation, tmp_path / "out2", clone)
+    monkeypatch.setattr(worker, "run_one", _fake_run_one(trained))
+    assert worker.work(resumed, progress=False) == {"trained": 3, "failed": 0}
+    assert trained[3] == (row, params["train.lr"])                 # the interrupted trial first, same values
+    counts = {r: len(s.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) for r, s in resumed.studies.items()}
+    assert counts == {"ce": 3, "sigmoid_focal": 3}
+    assert resumed.studies[row].trials[number].state == optuna.trial.TrialState.COMPLETE
+    for s in resumed.studies.values():
+        for t in s.trials:
+            params = dict(t.params)
+            assert t.value == pytest.approx(_objective(params))      # the best val of each trial's history
+    assert worker.work(resumed, progress=False) == {"trained": 0, "failed": 0}    # the budget is spent
+
+
+def test_a_failed_trial_is_told_failed_with_its_error_and_counts_against_the_budget(tmp_path, monkeypatch):
+    ablation = load_ablation([_write(tmp_path / "t.yaml", _tiny(tmp_path, trials=2))])
+    fake = _fake_run_one([])
+
+    def run_one(run, *args, **kwargs):
+        if run.variants == ["sigmoid_focal"] and run.cfg.train.lr > 2e-3:
+            raise FloatingPointError("non-finite loss")
+        return fake(run, *args, **kwargs)
+    monkeypatch.setattr(worker, "run_one", run_one)
+    tuning = study.open_tuning(ablation, tmp_path / "out", tmp_path / "results")
+    counts = worker.work(tuning, progress=False)
+    assert counts["trained"] + counts["failed"] == 4 and counts["failed"] >= 1
+    failed = tuning.studies["sigmoid_focal"].get_trials(states=(optuna.trial.TrialState.FAIL,))
+    assert failed and failed[0].user_attrs["error"] == "FloatingPointError: non-finite loss"
+    assert study.trial_counts(tuning) == {"ce": 2, "sigmoid_focal": 2}
+
+
+def test_a_running_trial_is_orphaned_only_when_its_worker_is_gone(monkeypatch):
+    now = time.time()
+
+    def trial(worker_id, beat):
+        return optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING,
+                                         user_attrs={"worker": worker_id, "heartbeat": beat})
+    alive = f"{study.socket.gethostname()}:{os.getpid()}"
+    assert not study.orphaned(trial(alive, now - 60), now)
+    assert study.orphaned(trial(alive, 0.0), now)                                  # released
+    assert study.orphaned(trial("elsewhere:123", now - study.STALE_S - 1), now)    # a machine that died
+    assert not study.orphaned(trial("elsewhere:123", now - 60), now)              # another host, beating
+    dead = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(0,))
+    dead.start()
+    dead.join()
+    assert study.orphaned(trial(f"{study.socket.gethostname()}:{dead.pid}", now - 60), now)
+
+
+def _claim_all(results_dir, tuning_file, out):
+    tuning = study.open_tuning(load_ablation([tuning_file]), results_dir / "out", results_dir)
+    claimed = []
+    while (claim := study.claim_trial(tuning)) is not None:
+        row, trial = claim
+        claimed.append((row, trial.number))
+        time.sleep(0.05)
+        tuning.studies[row].tell(trial.number, _objective({"train.lr": trial.params["train.lr"]}))
+    Path(out).write_text(json.dumps(claimed))
+
+
+def test_two_workers_sharing_a_journal_never_exceed_the_budget(tmp_path):
+    tuning_file = _write(tmp_path / "t.yaml", _tiny(tmp_path, trials=4))
+    results = tmp_path / "results"
+    results.mkdir()
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_claim_all, args=(results, tuning_file, tmp_path / f"w{i}.json"))
+               for i in range(2)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(timeout=120)
+        assert process.exitcode == 0
+    claimed = [tuple(c) for i in range(2) for c in json.loads((tmp_path / f"w{i}.json").read_text())]
+    assert sorted(claimed) == sorted({c for c in claimed})                        # no trial twice
+    assert sorted(claimed) == [(row, n) for row in ("ce", "sigmoid_focal") for n in range(4)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# best.yaml -> the seeds stage
+
+
+def test_the_best_configuration_file_feeds_the_seeds_stage(tmp_path, monkeypatch):
+    ablation = load_ablation([_write(tmp_path / "t.yaml", _tiny(tmp_path, trials=3))])
+    monkeypatch.setattr(worker, "run_one", _fake_run_one([]))
+    tuning = study.open_tuning(ablation, tmp_path / "out", tmp_path / "results")
+    assert report.best_trials(tuning) == {}                       # nothing finished: nothing to retrain
+    worker.work(tuning, progress=False)
+    written = report.write_tuning_report(tuning)
+    best = report.read_best(tmp_path / "results")
+    assert best == written["best"] and set(best) == {"ce", "sigmoid_focal"}
+    for row, entry in best.items():
+        values = [t.value for t in tuning.studies[row].trials]
+        assert entry["value"] == max(values) == tuning.studies[row].trials[entry["trial"]].value
+    seeds = report.seeds_ablation(ablation, tuning.spec, best)
+    runs = plan_runs(seeds, tmp_path / "seeds")
+    assert sorted({run.seed for run in runs}) == [1, 2]           # fresh seeds: the trials trained seed 0
+    for run in runs:
+        params = best[run.variants[0]]["params"]
+        assert run.cfg.train.lr == params["train.lr"]
+        if run.variants == ["sigmoid_focal"]:
+            assert (run.cfg.loss.gamma, run.cfg.loss.alpha) == (params["loss.gamma"], params["loss.alpha"])
+    md = (tmp_path / "results" / "tuning.md").read_text()
+    assert "3 of 3 trials finished" in md and md.count("**best**") == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# end to end
+
+
+def test_a_tiny_tuning_trains_its_trials_then_the_seeds_stage_and_reuses_everything_after(tmp_path, capsys):
+    tuning_file = _write(tmp_path / "t.yaml", _tiny(tmp_path, trials=2))
+    assert main(["--config", str(tuning_file), "--output-dir", str(tmp_path / "out"), "--no-progress"]) == 0
+    results = tmp_path / "results"
+    trial_files = sorted((results / "trials" / "runs").glob("*.json"))
+    assert len(trial_files) == 4
+    for path in trial_files:                    # every trial is a normal result file, its value the best val
+        result = json.loads(path.read_text())
+        assert result["seed"] == 0 and "best_val/default" in result["scores"]
+    tuning = study.open_tuning(load_ablation([tuning_file]), tmp_path / "out", results)
+    values = sorted(t.value for s in tuning.studies.values() for t in s.trials)
+    assert values == sorted(max(h["voc07_map50"] for h in json.loads(p.read_text())["history"])
+                            for p in trial_files)
+    seed_files = sorted((results / "runs").glob("*.json"))
+    assert sorted(json.loads(p.read_text())["seed"] for p in seed_files) == [1, 1, 2, 2]
+    assert "mAP per seed" in (results / "ablation.md").read_text()
+    before = {p: p.read_bytes() for p in results.rglob("*.json")}
+    capsys.readouterr()
+    assert main(["--config", str(tuning_file), "--output-dir", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert {p: p.read_bytes() for p in results.rglob("*.json")} == before     # nothing trained again
+
+
+def test_two_local_workers_train_the_same_trials_as_one_in_process_worker(tmp_path):
+    """``--launcher local --jobs 2``: two submitit jobs share the journal; every (row, trial) gets the values and
+    the objective one in-process worker gives it (the samplers are seeded, the runs deterministic)."""
+    config = _tiny(tmp_path, trials=2)
+    inprocess = _write(tmp_path / "a.yaml", config)
+    config["results"] = str(tmp_path / "local-results")
+    local = _write(tmp_path / "b.yaml", config)
+    assert main(["--config", str(inprocess), "--stage", "tune", "--output-dir", str(tmp_path / "out"),
+                 "--no-progress"]) == 0
+    assert main(["--config", str(local), "--stage", "tune", "--output-dir", str(tmp_path / "local"),
+                 "--launcher", "local", "--jobs", "2", "--no-progress"]) == 0
+
+    def trials(results):
+        tuning = study.open_tuning(load_ablation([inprocess]), tmp_path / "x", results)
+        return {(row, t.number): (t.params, round(t.value, 6)) for row, s in tuning.studies.items()
+                for t in s.trials}
+    one, two = trials(tmp_path / "results"), trials(tmp_path / "local-results")
+    assert len(one) == 4 and one == two
+    workers = {t.user_attrs["worker"] for s in study.open_tuning(load_ablation([local]), tmp_path / "x",
+                                                                 tmp_path / "local-results").studies.values()
+               for t in s.trials}
+    assert len(workers) == 2                      # both jobs trained trials
+
+
+def test_slurm_submits_one_array_of_workers_sharing_the_journal(tmp_path, monkeypatch):
+    """No SLURM here: ``sbatch`` is a stub that keeps the script it is given."""
+    import submitit
+    path, out, scripts, stubs = _write(tmp_path / "a.yaml", _tiny(tmp_path)), tmp_path / "out", tmp_path / "s", \
+        tmp_path / "bin"
+    stubs.mkdir()
+    scripts.mkdir()
+    (stubs / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {scripts}/$(ls {scripts} | wc -l).sh\n'
+                                  f'echo "Submitted batch job 77"\n')
+    (stubs / "srun").write_text("#!/bin/sh\nexit 0\n")
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{stubs}:{os.environ['PATH']}")
+    assert main(["--config", str(path), "--stage", "tune", "--output-dir", str(out), "--launcher", "slurm",
+                 "--workers", "3", "--slurm-partition", "gpu", "--timeout-min", "120", "--no-progress"]) == 0
+    script = (scripts / "0.sh").read_text().splitlines()
+    for line in ("#SBATCH --array=0-2%3", "#SBATCH --partition=gpu", "#SBATCH --time=120", "#SBATCH --signal=USR2@90",
+                 "#SBATCH --job-name=tune-a"):
+        assert line in script, line
+    assert len(list(scripts.iterdir())) == 1
+    job = submitit.SlurmJob(out / "jobs" / "%j", "77_1").submission().function
+    assert isinstance(job, worker.TuneWorker) and job.args[3] == tmp_path / "results"

@@ -1,0 +1,3 @@
+from yolo.losses.reference import main
+
+main()

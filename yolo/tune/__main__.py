@@ -1,0 +1,5 @@
+import sys
+
+from yolo.tune.cli import main
+
+sys.exit(main())
