@@ -155,9 +155,9 @@ def _train_recording_evaluations(rank, world_size, port, cfg_dict, out_dir):
     _as_rank(rank, world_size, port)
     real, calls = engine.evaluate_detections, []
 
-    def recorded(records, detections, *args, **kwargs):
-        calls.append({"images": [r.image_id for r in records], "detections": detections})
-        return real(records, detections, *args, **kwargs)
+    def recorded(split, detections, *args, **kwargs):
+        calls.append({"images": [r.image_id for r in split.records], "detections": detections})
+        return real(split, detections, *args, **kwargs)
     engine.evaluate_detections = recorded
     fit(from_dict(cfg_dict), progress=False)
     Path(out_dir, f"evaluations{rank}.json").write_text(json.dumps(calls))
