@@ -118,3 +118,13 @@ def test_resume_keeps_the_plan_and_ends_with_the_weights_of_an_uninterrupted_run
     assert resumed["plan"]["epochs"] == 3 and resumed["epoch"] == 3
     for key, value in straight["model"].items():
         assert torch.equal(resumed["model"][key], value), key
+
+
+def test_an_epoch_trained_in_parts_reports_the_mean_of_all_its_steps():
+    from yolo.engine import merge_epoch_results
+    parts = [{"terms": {"total": 2.0}, "steps": 3, "images": 8, "seconds": 1.0, "interrupted": False},   # step 2
+             {"terms": {"total": 5.0}, "steps": 5, "images": 16, "seconds": 2.0, "interrupted": False},  # 3-4
+             {"terms": {"total": 1.0}, "steps": 6, "images": 8, "seconds": 0.5, "interrupted": True}]    # 5
+    out = merge_epoch_results(parts, start_step=2)          # resumed at step 2
+    assert out["terms"]["total"] == pytest.approx((2.0 * 1 + 5.0 * 2 + 1.0 * 1) / 4)
+    assert (out["steps"], out["images"], out["seconds"], out["interrupted"]) == (6, 32, 3.5, True)

@@ -170,6 +170,17 @@ def train_one_epoch(model, loader, optimizer, scheduler, cfg, epoch: int, *, dev
             "seconds": time.perf_counter() - total.start, "interrupted": stopping and step + 1 < steps_per_epoch}
 
 
+def merge_epoch_results(outs: list[dict], start_step: int) -> dict:
+    """The result of an epoch trained in parts from ``start_step`` (``train_one_epoch`` results, in order)."""
+    ends = [out["steps"] for out in outs]
+    counts = [end - begin for begin, end in zip([start_step] + ends[:-1], ends)]
+    names = next((out["terms"] for out in reversed(outs) if out["terms"]), {})
+    terms = {k: sum(out["terms"].get(k, 0.0) * n for out, n in zip(outs, counts)) / max(sum(counts), 1)
+             for k in names}
+    return {"terms": terms, "steps": ends[-1], "images": sum(out["images"] for out in outs),
+            "seconds": sum(out["seconds"] for out in outs), "interrupted": outs[-1]["interrupted"]}
+
+
 class _Window:
     """Loss terms summed on the device over some steps (no host sync until they are read)."""
 

@@ -23,7 +23,7 @@ from yolo.data.transforms import SSD_MIN_IOUS, eval_transform, train_transform
 from yolo.data.dataset import DetectionDataset
 from yolo.data.layout import load_role, read_categories, require_complete
 from yolo.data.record import DatasetError
-from yolo.engine import ModelEMA, evaluate, sigmoid_scoring, train_one_epoch
+from yolo.engine import ModelEMA, evaluate, merge_epoch_results, sigmoid_scoring, train_one_epoch
 from yolo.hardware import deterministic_algorithms, log_precision, precision_name
 from yolo.losses import check_user_losses, init_loss_state, load_loss_state
 from yolo.model import build_model
@@ -344,12 +344,12 @@ def _plan_then_train(train, parts, state, epoch, device) -> dict:
         outs.append(train(outs[-1]["steps"], budget.PLAN_TIMED_STEPS))
     timed = outs[-1]    # an epoch shorter than the warm-up: its steps, warm-up included (a conservative figure)
     if timed["interrupted"]:
-        return _merged(outs, start)
+        return merge_epoch_results(outs, start)
     first = outs[0]["steps"] if len(outs) == 2 else start
     _make_plan(parts, state, timed["seconds"] / max(timed["steps"] - first, 1), timed["steps"], epoch, device)
     if timed["steps"] < steps_per_epoch:
         outs.append(train(timed["steps"]))
-    return _merged(outs, start)
+    return merge_epoch_results(outs, start)
 
 
 def _make_plan(parts, state, step_s: float, steps_done: int, epoch: int, device):
@@ -363,17 +363,6 @@ def _make_plan(parts, state, step_s: float, steps_done: int, epoch: int, device)
     state["plan"] = distributed.broadcast_object(plan)
     parts["schedule"] = planned_schedule(cfg.train, state["plan"])
     logger.info("%s", budget.describe(state["plan"], cfg.train.scheduler))
-
-
-def _merged(outs: list[dict], start_step: int) -> dict:
-    """The result of an epoch trained in parts from ``start_step`` (``train_one_epoch`` results, in order)."""
-    ends = [out["steps"] for out in outs]
-    counts = [end - begin for begin, end in zip([start_step] + ends[:-1], ends)]
-    names = next((out["terms"] for out in reversed(outs) if out["terms"]), {})
-    terms = {k: sum(out["terms"].get(k, 0.0) * n for out, n in zip(outs, counts)) / max(sum(counts), 1)
-             for k in names}
-    return {"terms": terms, "steps": ends[-1], "images": sum(out["images"] for out in outs),
-            "seconds": sum(out["seconds"] for out in outs), "interrupted": outs[-1]["interrupted"]}
 
 
 def _progress_bar(total, epoch, epochs):
