@@ -196,7 +196,7 @@ def test_a_loader_without_room_in_dev_shm_makes_the_same_batches_in_process(tmp_
     import collections
     from yolo.data import loader
     generate(tmp_path, seed=0, num_train=12, num_val=2, num_test=2, image_size=64)
-    dataset = VOCDataset(load_records(tmp_path / "VOCdevkit", "shapes:train"), train_transform(64))
+    dataset = DetectionDataset(load_records(tmp_path / "VOCdevkit", "shapes:train"), train_transform(64))
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(loader.shutil, "disk_usage", lambda path: usage(0, 0, 2**16))   # 64 KB: not one batch
     short = build_loader(dataset, 4, train=True, num_workers=2, seed=3)
