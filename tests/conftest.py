@@ -17,18 +17,14 @@ TINY = {
 }
 
 
-@pytest.fixture(scope="session")
-def autotune_cache_home(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("xdg-cache")
-
-
-@pytest.fixture(autouse=True)
-def _autotune_cache_in_tmp(autotune_cache_home):
+@pytest.fixture(scope="session", autouse=True)
+def _autotune_cache_in_tmp(tmp_path_factory):
     """``yolo.autotune`` caches its decisions under $XDG_CACHE_HOME: the tests' own folder (shared by the tests of
-    a session, and by the processes they start), never the user's. A patch of its own: a test's
-    ``monkeypatch.undo()`` must not give the user's cache back in the middle of the test."""
+    a session, and by the processes they start), never the user's. Session-wide and autouse, so it is in place
+    before the session fixtures that train (``tiny_run``); a patch of its own, so a test's ``monkeypatch.undo()``
+    does not give the user's cache back."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("XDG_CACHE_HOME", str(autotune_cache_home))
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
         yield
 
 
