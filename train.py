@@ -4,15 +4,19 @@
     python train.py --config configs/shapes.yaml      # the embedded synthetic dataset, no download
     python train.py --cls-loss sigmoid_focal --gamma 2 --alpha 0.25 --name focal
     python train.py --resume runs/focal/last.pt
+    python train.py --config configs/shapes.yaml --time-budget 10m   # epochs and schedule sized to 10 minutes
     torchrun --nproc_per_node=4 train.py --config configs/voc.yaml
     python train.py --config configs/voc.yaml --launcher slurm --nodes 2 --gpus-per-node 4 --slurm-partition gpu
 
 Every config field has a flag (python train.py --help); results go to runs/NAME/
-(TensorBoard: tensorboard --logdir runs).
+(TensorBoard: tensorboard --logdir runs). Exit status: 0 trained, 1 the run failed (a non-finite loss, a failed
+checkpoint write, a failed job), 2 bad input (config, data, checkpoint), 128 + N stopped by signal N (SIGTERM:
+143, SIGINT: 130) after saving last.pt, to resume with --resume.
 """
 import argparse
 import json
 import os
+import signal
 import sys
 
 from yolo.checkpoint import CheckpointWriteError, load_checkpoint
@@ -22,14 +26,15 @@ from yolo.config import ConfigError, add_config_args, config_from_args
 from yolo.engine import NonFiniteLoss
 from yolo.fit import fit
 from yolo.losses.user import refuse_code_named_by_checkpoint
+from yolo.stop import StopRequest
 
 
-def train_here(cfg, args) -> dict:
+def train_here(cfg, args, stop) -> dict:
     """This process (one rank of torchrun)."""
-    return fit(cfg, resume=args.resume, progress=not args.no_progress)
+    return fit(cfg, resume=args.resume, progress=not args.no_progress, stop=stop)
 
 
-def submit(cfg, args) -> dict | None:
+def submit(cfg, args, stop) -> dict | None:
     """A submitit job (local or SLURM): one DDP rank per task, requeued on preemption, resuming its last.pt.
     Waits for it (local, or slurm with --wait) and returns its metrics, else None."""
     tasks_per_node = args.tasks_per_node or max(args.gpus_per_node, 1)
@@ -78,13 +83,18 @@ def main(argv=None) -> int:
         if stored:   # a checkpoint never makes yolo import code: a user loss it names must be named here too
             refuse_code_named_by_checkpoint(stored, config_from_args(args).loss, f"--resume {args.resume}")
         cfg = config_from_args(args, base=stored)
-        metrics = LAUNCHERS[args.launcher](cfg, args)
+        stop = StopRequest()
+        metrics = LAUNCHERS[args.launcher](cfg, args, stop)
     except (ConfigError, FileNotFoundError, NonFiniteLoss, CheckpointWriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1  # bad input 2 (checkpoint, data, config); the run failed 1
     except JobFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if stop.requested:   # every rank stopped after the same step; last.pt holds it
+        print(f"stopped by {signal.Signals(stop.code()).name}: resume with --resume {cfg.run_dir / 'last.pt'}",
+              file=sys.stderr)
+        return 128 + stop.code()
     if metrics and os.environ.get("RANK", "0") == "0":
         summary = {k: metrics[k] for k in ("voc07_map50", "voc_map50", "coco_ap", "coco_ap50")}
         print(f"{cfg.run_dir}: {json.dumps(summary)}")

@@ -17,6 +17,17 @@ TINY = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _autotune_cache_in_tmp(tmp_path_factory):
+    """``yolo.autotune`` caches its decisions under $XDG_CACHE_HOME: the tests' own folder (shared by the tests of
+    a session, and by the processes they start), never the user's. Session-wide and autouse, so it is in place
+    before the session fixtures that train (``tiny_run``); a patch of its own, so a test's ``monkeypatch.undo()``
+    does not give the user's cache back."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
+
+
 def shared_path(*parts) -> Path:
     """A path under ../shared, or skip the test with the reason (a user's clone has no ../shared)."""
     path = SHARED.joinpath(*parts)

@@ -57,3 +57,4 @@ def test_the_gpu_script_runs_every_part(tmp_path, monkeypatch, capsys):
     assert "Self CPU" in out["profile"]["table"]
     printed = capsys.readouterr().out
     assert "| step 64 px, batch 4, bf16" in printed and "--smoke" in printed
+    assert "compile off, train.deterministic |" in printed      # what exact resume costs, measured beside it

@@ -1,7 +1,7 @@
-"""What the machine can do: amp auto follows the device's native bf16 (both branches, the capability query mocked),
-the choice is logged and stored with the run, and loader workers follow the device."""
-import json
+"""What the machine can do: native bf16 (both branches, the capability query mocked; ``auto`` itself is timed, see
+test_autotune.py), loader workers that follow the device, deterministic algorithms on request."""
 import logging
+import os
 
 import pytest
 import torch
@@ -64,15 +64,15 @@ def test_workers_share_the_cores_among_runs_side_by_side(monkeypatch):
     assert default_workers(CPU, 9) == 0
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_a_run_logs_and_stores_what_amp_auto_chose(tiny_config, monkeypatch, native):
-    from yolo.checkpoint import load_checkpoint
-    from yolo.fit import fit
-    monkeypatch.setattr(hardware, "cpu_capabilities", lambda: {"avx512_bf16": native})
-    tiny_config.train.epochs, tiny_config.train.amp = 1, "auto"
-    fit(tiny_config, progress=False)
-    expected = "bf16" if native else "fp32"
-    results = json.loads((tiny_config.run_dir / "results.json").read_text())
-    assert results["precision"] == expected and load_checkpoint(tiny_config.run_dir / "last.pt")["precision"] == \
-        expected
-    assert f"train.amp auto on cpu" in (tiny_config.run_dir / "train.log").read_text()
+def test_deterministic_algorithms_are_on_inside_the_run_and_restored_after(monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+              torch.backends.cudnn.benchmark)
+    with hardware.deterministic_algorithms(False):
+        assert not torch.are_deterministic_algorithms_enabled() and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    with hardware.deterministic_algorithms(True):
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+            torch.backends.cudnn.benchmark) == before

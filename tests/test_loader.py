@@ -172,3 +172,37 @@ def test_measure_sample_costs_reports_each_stage(dataset):
     costs = measure_sample_costs(dataset, num_images=4, passes=1)
     assert set(costs) == {"decode_ms", "augment_ms", "sample_ms"}
     assert all(0 < value < 1e3 for value in costs.values())
+
+
+@pytest.mark.parametrize("free_batches,processes,expected", [
+    (1000, 1, (2, 4)),     # room for everything: unchanged
+    (8, 1, (2, 2)),        # 2 workers x 2 batches x 2 (headroom) fit in 8 batches of free space
+    (4, 2, (1, 1)),        # two ranks share it: 1 worker x 1 batch x 2 x 2 ranks
+    (1, 1, (0, 4)),        # not one batch: no workers, batches made in this process
+])
+def test_prefetch_shrinks_to_what_dev_shm_holds(tmp_path, monkeypatch, caplog, free_batches, processes, expected):
+    import collections
+    import logging
+    from yolo.data import loader
+    batch_bytes = 8 * 3 * 64 * 64
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(loader.shutil, "disk_usage", lambda path: usage(0, 0, free_batches * batch_bytes))
+    with caplog.at_level(logging.WARNING, logger="yolo.data.loader"):
+        assert loader.fit_shared_memory(batch_bytes, 2, 4, processes, shm=tmp_path) == expected
+    assert ("too little for 2 loader workers x 4 prefetched batches" in caplog.text) == (expected != (2, 4))
+
+
+def test_a_loader_without_room_in_dev_shm_makes_the_same_batches_in_process(tmp_path, monkeypatch, caplog):
+    import collections
+    from yolo.data import loader
+    generate(tmp_path, seed=0, num_train=12, num_val=2, num_test=2, image_size=64)
+    dataset = DetectionDataset(load_records(tmp_path / "VOCdevkit", "shapes:train"), train_transform(64))
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(loader.shutil, "disk_usage", lambda path: usage(0, 0, 2**16))   # 64 KB: not one batch
+    short = build_loader(dataset, 4, train=True, num_workers=2, seed=3)
+    assert isinstance(short, ThreadLoader) and "i.e. batches made in this process" in caplog.text
+    monkeypatch.undo()
+    roomy = build_loader(dataset, 4, train=True, num_workers=2, seed=3)
+    assert roomy.num_workers == 2 and roomy.prefetch_factor == 4
+    for (a, ta), (b, tb) in zip(short, roomy):
+        assert torch.equal(a, b) and torch.equal(ta["boxes_xyxy"], tb["boxes_xyxy"])

@@ -356,3 +356,13 @@ def test_a_reduced_shapes_run_learns_well_above_chance(tmp_path):
                  "train": {"epochs": 6, "eval_every": 6, "device": "cpu"}})
     metrics = fit(validate(cfg), progress=False)
     assert metrics["voc07_map50"] > 0.04, metrics["voc07_map50"]  # measured 0.096 (seed 0, 2 CPU cores)
+
+
+def test_fewer_training_images_than_a_batch_is_a_one_line_error(tiny_config, capsys):
+    """It was a ZeroDivisionError traceback from lr_factor: no step in an epoch."""
+    import train
+    assert train.main(tiny_args(tiny_config) + ["--batch-size", "64", "--no-progress"]) == 2   # 32 images
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and ("data.train shapes:train has 32 images, fewer than one batch of "
+                                "train.batch_size 64: use --batch-size 32 or less") in err
+    assert not tiny_config.run_dir.exists()

@@ -134,15 +134,24 @@ def rng_state() -> dict:
     return state
 
 
-def set_rng_state(state: dict):
-    """Restore the generators from ``rng_state()``'s dict."""
+def set_rng_state(state: dict) -> list[str]:
+    """Restore the generators from ``rng_state()``'s dict; returns what could not be restored: the CUDA generators
+    of GPUs this machine does not have (a run saved on 8 GPUs, resumed on 4 or on the CPU), or the devices it has
+    and the checkpoint has no state for."""
     py, npy = state["python"], state["numpy"]
     random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss_next"]))
     np.random.set_state((npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
                          npy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = list(state.get("cuda", []))
+    here = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for index, cuda_state in enumerate(saved[:here]):
+        torch.cuda.set_rng_state(cuda_state, index)
+    if len(saved) == here:
+        return []
+    return [f"the checkpoint holds the CUDA generator states of {len(saved)} GPUs and this machine has {here}: "
+            f"{min(len(saved), here)} restored; the random draws on the device (none in the training step "
+            f"itself) will differ from an uninterrupted run"]
 
 
 def seed_everything(seed: int):

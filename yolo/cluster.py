@@ -22,7 +22,8 @@ from pathlib import Path
 import submitit
 
 from yolo.config import ConfigError
-from yolo.fit import StopRequest, fit
+from yolo.fit import fit
+from yolo.stop import StopRequest
 
 logger = logging.getLogger(__name__)
 
@@ -124,31 +125,33 @@ def add_cluster_args(parser):
 
 class PreemptionStop(StopRequest):
     """``fit``'s stop request, for a job: SIGTERM / SIGINT as in ``fit``, and submitit's preemption signal, which
-    also marks the job for requeueing. Only rank 0 listens: the other ranks of a DDP job must not stop at another
-    step than rank 0 (their collectives would wait forever); they end when rank 0 requeues the job."""
+    also marks the job for requeueing. Every rank of a DDP job listens; the ranks agree after each step
+    (``yolo.stop.StopVote``), so a signal to any of them stops all of them after the same step, and all of them
+    know whether it was a preemption."""
 
-    def __init__(self, rank: int = 0):
+    def __init__(self):
         super().__init__()
         self.preempted = False
-        if rank != 0:
-            self.signals = ()
 
     def on_preemption(self, signum, frame):
         logger.warning("received %s (preemption or time limit): saving last.pt at the end of this step, then "
                        "requeueing", signal.Signals(signum).name)
-        self.requested = self.preempted = True
+        self.requested, self.signum, self.preempted = True, signum, True
+
+    def agree(self, signum: int):
+        super().agree(signum)
+        self.preempted = self.preempted or signum == PREEMPTION_SIGNAL
 
 
 def run_preemptible(work):
     """``work(stop)`` inside a submitit job, where ``work`` trains with ``fit(..., stop=stop)`` and raises
     ``RunInterrupted`` when training stopped early. On submitit's preemption signal the step ends, ``last.pt`` is
     saved, and submitit's own handler then calls the job's ``checkpoint()`` (the job that resumes ``last.pt``),
-    stores it and requeues the job (it does not return). Elsewhere ``work``'s result or error comes back as is."""
-    rank = submitit.JobEnvironment().global_rank
-    stop = PreemptionStop(rank)
+    stores it and requeues the job (it does not return; on the other ranks of a DDP job it returns, and the
+    requeue ends them). Elsewhere ``work``'s result or error comes back as is."""
+    stop = PreemptionStop()
     submitit_handler = signal.getsignal(PREEMPTION_SIGNAL)
-    if rank == 0:
-        signal.signal(PREEMPTION_SIGNAL, stop.on_preemption)
+    signal.signal(PREEMPTION_SIGNAL, stop.on_preemption)
     try:
         return work(stop)
     except RunInterrupted:
@@ -173,7 +176,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         environment = submitit.JobEnvironment()
         os.environ.update(distributed_env(environment))
         metrics = fit(self.cfg, resume=self.resume, progress=False, stop=stop)
-        if environment.global_rank == 0 and not (self.cfg.run_dir / "results.json").is_file():
+        if stop.requested:     # on every rank: they stopped together
             raise RunInterrupted(f"{self.cfg.run_dir} stopped before its last epoch")
         return metrics
 

@@ -9,6 +9,7 @@ Unknown keys and bad values raise ``ConfigError`` with a message that says what 
 """
 import argparse
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -99,8 +100,8 @@ class TrainConfig:
     lr_gamma: float = 0.1
     warmup_epochs: float = 2.0
     grad_clip: float = 10.0                  # max gradient norm, 0 disables
-    amp: str = "auto"                        # auto (bf16 where the device has it natively) | bf16 | fp16 | none
-    channels_last: bool = True
+    amp: str = "auto"                        # auto (the faster of fp32 and bf16, timed: yolo.autotune) | bf16 | fp16 | none
+    channels_last: typing.Union[bool, str] = "auto"  # auto (timed with amp: yolo.autotune) | true | false
     compile: bool = False
     ema: bool = False
     ema_decay: float = 0.9998
@@ -109,6 +110,8 @@ class TrainConfig:
     log_every: int = 20                      # steps between logged loss values
     seed: int = 0
     device: str = "auto"                     # auto | cpu | cuda | cuda:N
+    deterministic: bool = False              # CUDA / cuDNN deterministic algorithms (exact resume on a GPU)
+    time_budget: typing.Optional[str] = None  # e.g. 10m, 1.5h, 600 (s): epochs and schedule sized to end within it
 
 
 @dataclass
@@ -249,6 +252,10 @@ def validate(cfg: Config) -> Config:
                           ("train", "ema_ramp_steps")])
     if cfg.data.workers != "auto" and not (isinstance(cfg.data.workers, int) and cfg.data.workers >= 0):
         raise ConfigError(f"data.workers: expected auto or a number >= 0, got {cfg.data.workers!r}")
+    if cfg.train.channels_last not in (True, False, "auto"):
+        raise ConfigError(f"train.channels_last: expected auto, true or false, got {cfg.train.channels_last!r}")
+    if cfg.train.time_budget is not None:
+        parse_duration(cfg.train.time_budget, "train.time_budget")
     if not 0 < cfg.model.prior_prob < 1:
         raise ConfigError(f"model.prior_prob must be in (0, 1), got {cfg.model.prior_prob}")
     expected = 2 if cfg.model.neck == "fpn" else 0
@@ -256,6 +263,18 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"model.level_thresholds: the {cfg.model.neck} neck needs {expected} thresholds, got "
                           f"{cfg.model.level_thresholds}")
     return cfg
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text, key: str = "duration") -> float:
+    """Seconds of ``10m``, ``1.5h``, ``90s`` or a plain number of seconds; raises ``ConfigError``."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([smh]?)\s*", str(text))
+    if not match or float(match[1]) <= 0:
+        raise ConfigError(f"{key}: expected a positive duration such as 10m, 1.5h, 90s or 600 (seconds), "
+                          f"got {text!r}")
+    return float(match[1]) * DURATION_UNITS[match[2] or "s"]
 
 
 def _check_positive(cfg, keys):
@@ -345,7 +364,7 @@ def diff_configs(a: Config, b: Config) -> dict[str, tuple]:
 # What a resumed run may change: where it writes and runs, how often it logs and evaluates, how it scores
 # (the eval section only affects evaluation), and train.epochs upward. Everything else changes what is learnt.
 RESUME_MAY_CHANGE = ("name", "output_dir", "logdir", "data.workers", "train.device", "train.compile",
-                     "train.log_every", "train.eval_every", "eval.*")
+                     "train.channels_last", "train.deterministic", "train.log_every", "train.eval_every", "eval.*")
 
 
 def check_resume(stored: Config, cfg: Config, source: str = "--resume"):

@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from yolo.data.layout import require_complete
 from yolo.data.transforms import to_original
 from yolo.decode import decode
-from yolo.distributed import gather_objects
+from yolo.distributed import broadcast_object, gather_to_main
 from yolo.losses import SIGMOID_CLS_LOSSES, detection_loss
 from yolo.metrics import detections_from_xyxy, evaluate_detections
 from yolo.targets import assign_targets, make_grid
@@ -58,10 +58,14 @@ class ModelEMA:
 
 
 def unwrap(model):
-    """The plain module behind DDP and torch.compile wrappers."""
-    if isinstance(model, DistributedDataParallel):
-        model = model.module
-    return getattr(model, "_orig_mod", model)
+    """The plain module behind DDP and torch.compile wrappers, in either order."""
+    while True:
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
 
 
 @functools.lru_cache(maxsize=16)
@@ -122,22 +126,25 @@ def train_step(model, images, boxes, labels, optimizer, cfg, *, cls_loss: str, s
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, cfg, epoch: int, *, device, scaler, amp_dtype=None,
-                    ema=None, writer=None, progress=None, stop=None, start_step: int = 0, loss_state=None) -> dict:
-    """Train for one epoch (from batch ``start_step`` when resuming mid-epoch).
+                    channels_last: bool = False, ema=None, writer=None, progress=None, stop=None,
+                    start_step: int = 0, max_steps: int | None = None, loss_state=None) -> dict:
+    """Train for one epoch (from batch ``start_step`` when resuming mid-epoch; at most ``max_steps`` steps).
 
-    ``stop`` is an object whose ``requested`` attribute a signal handler sets: the epoch then ends after the
-    current step so that the caller can save a checkpoint. Raises ``NonFiniteLoss``.
-    Returns ``{"terms": {name: mean}, "steps": steps done, "images", "seconds", "interrupted": bool}``.
+    ``stop`` (a ``yolo.stop.StopVote``) is asked after each step whether every rank stops: the epoch then ends so
+    that the caller can save a checkpoint. Raises ``NonFiniteLoss``.
+    Returns ``{"terms": {name: mean}, "steps": steps done, "images", "seconds", "interrupted": bool}``
+    (``steps`` counts from the start of the epoch; ``interrupted``: stopped by ``stop`` before the epoch's end).
     """
     model.train()
     cls_loss = cls_loss_for_epoch(cfg, epoch)
     steps_per_epoch = len(loader) + start_step
+    last_step = steps_per_epoch if max_steps is None else min(steps_per_epoch, start_step + max_steps)
     window = _Window()   # the current logging interval
     total = _Window()    # the whole epoch
     step, stopping = start_step - 1, False
     for step, (images, targets) in enumerate(loader, start=start_step):
         global_step = epoch * steps_per_epoch + step
-        images, boxes, labels = batch_to_device(images, targets, device, cfg.train.channels_last)
+        images, boxes, labels = batch_to_device(images, targets, device, channels_last)
         if cfg.data.multiscale:
             size = random.Random(cfg.train.seed * 1_000_003 + global_step).choice(cfg.data.multiscale)
             images, boxes = _rescale(images, boxes, size)
@@ -148,19 +155,30 @@ def train_one_epoch(model, loader, optimizer, scheduler, cfg, epoch: int, *, dev
             ema.update()
         window.add(torch.stack([t.detach() for t in terms.values()] + [grad_norm.detach().float()]),
                    images.shape[0])
-        stopping = stop is not None and stop.requested
-        if window.count == cfg.train.log_every or step + 1 == steps_per_epoch or stopping:
+        stopping = stop is not None and stop.after_step(terms, epoch, step)
+        if window.count == cfg.train.log_every or step + 1 in (steps_per_epoch, last_step) or stopping:
             _check_and_log(window, list(terms), epoch, step, global_step, optimizer, writer, progress)
             total.merge(window)
             window = _Window()
         if progress is not None:
             progress.update(1)
-        if stopping:
+        if stopping or step + 1 == last_step:
             break
     names = list(terms) if total.count else []
     means = (total.sums / total.count).tolist() if total.count else []
     return {"terms": dict(zip(names, means)), "steps": step + 1, "images": total.images,
             "seconds": time.perf_counter() - total.start, "interrupted": stopping and step + 1 < steps_per_epoch}
+
+
+def merge_epoch_results(outs: list[dict], start_step: int) -> dict:
+    """The result of an epoch trained in parts from ``start_step`` (``train_one_epoch`` results, in order)."""
+    ends = [out["steps"] for out in outs]
+    counts = [end - begin for begin, end in zip([start_step] + ends[:-1], ends)]
+    names = next((out["terms"] for out in reversed(outs) if out["terms"]), {})
+    terms = {k: sum(out["terms"].get(k, 0.0) * n for out, n in zip(outs, counts)) / max(sum(counts), 1)
+             for k in names}
+    return {"terms": terms, "steps": ends[-1], "images": sum(out["images"] for out in outs),
+            "seconds": sum(out["seconds"] for out in outs), "interrupted": outs[-1]["interrupted"]}
 
 
 class _Window:
@@ -219,9 +237,11 @@ def to_detection_records(dets: dict, meta: dict, category_ids) -> list[dict]:
                                 dets["labels"].cpu().numpy(), category_ids)
 
 
-def run_inference(model, loader, cfg, *, device, sigmoid_cls: bool, amp_dtype=None, on_batch=None):
-    """``(detections, unreadable)`` of every image of ``loader`` on every rank (duplicates of padded shards
-    removed): the detections list, and the record indices whose image could not be read (no detections).
+def run_inference(model, loader, cfg, *, device, sigmoid_cls: bool, amp_dtype=None, channels_last: bool = False,
+                  on_batch=None):
+    """``(detections, unreadable)`` of every image of ``loader``, each image once (the duplicates that pad the
+    last rank's shard removed), gathered on rank 0: the detections list, and the record indices whose image could
+    not be read (no detections); ``(None, None)`` on the other ranks.
 
     ``on_batch(images, targets, dets)`` sees each batch (used to draw a few images for TensorBoard).
     """
@@ -230,38 +250,46 @@ def run_inference(model, loader, cfg, *, device, sigmoid_cls: bool, amp_dtype=No
     per_image = {}
     for images, targets in loader:
         images = images.to(device, non_blocking=True)
-        if cfg.train.channels_last:
+        if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         dets = predict(model, images, cfg, sigmoid_cls=sigmoid_cls, amp_dtype=amp_dtype)
         if on_batch is not None:
             on_batch(images, targets, dets)
         for det, meta in zip(dets, targets["meta"]):
             per_image[meta["index"]] = to_detection_records(det, meta, category_ids) if meta["readable"] else None
+    parts = gather_to_main(per_image)
+    if parts is None:
+        return None, None
     merged = {}
-    for part in gather_objects(per_image):
+    for part in parts:
         merged.update(part)
     unreadable = [index for index in sorted(merged) if merged[index] is None]
     return [d for index in sorted(merged) if merged[index] is not None for d in merged[index]], unreadable
 
 
-def evaluate(model, loader, cfg, *, device, sigmoid_cls: bool, amp_dtype=None, on_batch=None):
+def evaluate(model, loader, cfg, *, device, sigmoid_cls: bool, amp_dtype=None, channels_last: bool = False,
+             on_batch=None):
     """Score a model on the split of ``loader``: returns (metrics dict, PR curves, detections list).
 
     Metrics: VOC07 11-point and all-point mAP@0.5 and COCO-style AP via ``yolo.metrics.evaluate_detections``
-    on ``loader.dataset.split`` (on every rank; rank 0 reports them). An image that fails to decode is an error
-    (``UnreadableImages``) unless ``eval.skip_unreadable``, which scores the others.
+    on ``loader.dataset.split``. Under DDP each rank infers its shard, rank 0 scores every image once and sends the
+    metrics to the others (their PR curves and detections are None); the model's buffers must be the same on
+    every rank. An image that fails to decode is an error (``UnreadableImages``) unless ``eval.skip_unreadable``,
+    which scores the others.
     """
     tic = time.perf_counter()
     detections, unreadable = run_inference(model, loader, cfg, device=device, sigmoid_cls=sigmoid_cls,
-                                           amp_dtype=amp_dtype, on_batch=on_batch)
+                                           amp_dtype=amp_dtype, channels_last=channels_last, on_batch=on_batch)
     inference_s = time.perf_counter() - tic
-    split = loader.dataset.split
-    require_complete(split, cfg.eval.skip_unreadable, unreadable)
-    results, pr_curves = evaluate_detections(split, detections, coco_backend=cfg.eval.coco_backend,
-                                             unreadable=unreadable)
-    logger.info("evaluated %d images in %.1f s (inference %.1f s)", len(loader.dataset.records),
-                time.perf_counter() - tic, inference_s)
-    return results, pr_curves, detections
+    results = pr_curves = None
+    if detections is not None:
+        split = loader.dataset.split
+        require_complete(split, cfg.eval.skip_unreadable, unreadable)
+        results, pr_curves = evaluate_detections(split, detections, coco_backend=cfg.eval.coco_backend,
+                                                 unreadable=unreadable)
+        logger.info("evaluated %d images in %.1f s (inference %.1f s)", len(loader.dataset.records),
+                    time.perf_counter() - tic, inference_s)
+    return broadcast_object(results), pr_curves, detections
 
 
 def sigmoid_scoring(cfg, epoch: int) -> bool:

@@ -6,26 +6,28 @@ import json
 import logging
 import logging.handlers
 import math
-import signal
+import time
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from yolo import distributed
+from yolo import autotune, budget, distributed
+from yolo.budget import planned_schedule
 from yolo.checkpoint import (CheckpointError, atomic_save, load_checkpoint, rng_state, seed_everything,
                              set_rng_state)
-from yolo.config import check_resume, from_dict, save_yaml
+from yolo.config import ConfigError, check_resume, from_dict, parse_duration, save_yaml
 from yolo.data.loader import build_loader, resolve_workers
 from yolo.data.shapes import ensure_shapes
 from yolo.data.transforms import SSD_MIN_IOUS, eval_transform, train_transform
 from yolo.data.dataset import DetectionDataset
 from yolo.data.layout import load_role, read_categories, require_complete
 from yolo.data.record import DatasetError
-from yolo.engine import ModelEMA, evaluate, sigmoid_scoring, train_one_epoch
-from yolo.hardware import autocast_dtype, log_precision
+from yolo.engine import ModelEMA, evaluate, merge_epoch_results, sigmoid_scoring, train_one_epoch
+from yolo.hardware import deterministic_algorithms, log_precision, precision_name
 from yolo.losses import check_user_losses, init_loss_state, load_loss_state
 from yolo.model import build_model
+from yolo.stop import StopRequest, StopVote
 
 logger = logging.getLogger(__name__)
 
@@ -37,31 +39,6 @@ NO_DATA_HELP = """no dataset at {root}.
   * Your own data: --data-root a VOC devkit, a COCO JSON or a YOLO data.yaml (README, "Your own data")
   * Or train on the embedded synthetic dataset, generated on first use (no download):
         python train.py --config configs/shapes.yaml"""
-
-
-class StopRequest:
-    """Set by SIGTERM / SIGINT: the loop finishes its step, saves a checkpoint and exits cleanly."""
-
-    signals = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
-
-    def install(self):
-        def handler(signum, frame):
-            logger.warning("received %s: saving a checkpoint at the end of this step, then stopping",
-                           signal.Signals(signum).name)
-            self.requested = True
-            signal.signal(signum, self._previous[signum])  # a second signal acts as it did before the run
-        self._previous = {sig: signal.getsignal(sig) for sig in self.signals}
-        for sig in self.signals:
-            signal.signal(sig, handler)
-
-    def uninstall(self):
-        """Give the signals back to whatever handled them before (an ablation runs many fits in one process)."""
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -84,18 +61,25 @@ def prepare_data(cfg) -> tuple[Path, tuple]:
 
 
 def build_loaders(cfg, root, classes, rank: int, world_size: int, device: torch.device):
-    """(train loader, val loader); the batch size is global, split over the processes."""
+    """(train loader, val loader); the batch size is global, split over the processes. A split with fewer images
+    than a batch (which would train no step) is refused with ``ConfigError``."""
     if cfg.train.batch_size % world_size:
-        raise ValueError(f"train.batch_size {cfg.train.batch_size} is not divisible by {world_size} processes")
+        raise ConfigError(f"train.batch_size {cfg.train.batch_size} is not divisible by {world_size} processes "
+                          f"(use a multiple of {world_size})")
     per_process = cfg.train.batch_size // world_size
     d = cfg.data
     augment = train_transform(d.img_size, zoom_out_max=d.zoom_out_max, zoom_out_p=d.zoom_out_p,
                               min_ious=SSD_MIN_IOUS if d.min_iou_crop else (),
                               photometric_p=d.photometric_p, hflip_p=d.hflip_p)
     train_set = DetectionDataset(training_records(cfg), augment, keep_difficult=d.train_difficult)
+    if len(train_set) // world_size < per_process:
+        raise ConfigError(f"data.train {d.train} has {len(train_set)} images, fewer than one batch of "
+                          f"train.batch_size {cfg.train.batch_size}: use --batch-size "
+                          f"{max(world_size, len(train_set) // world_size * world_size)} or less")
     val_set = evaluation_dataset(cfg, load_role(cfg, "val"))
-    common = dict(num_workers=resolve_workers(cfg.data.workers, device), seed=cfg.train.seed, rank=rank,
-                  world_size=world_size)
+    sharing = distributed.ranks_sharing_cores()
+    common = dict(num_workers=resolve_workers(cfg.data.workers, device, sharing), seed=cfg.train.seed, rank=rank,
+                  world_size=world_size, processes_on_host=distributed.local_world_size())
     return (build_loader(train_set, per_process, train=True, **common),
             build_loader(val_set, per_process, train=False, **common))
 
@@ -189,22 +173,26 @@ def fit(cfg, resume: str | None = None, progress: bool = True, stop: StopRequest
     Writes into ``cfg.run_dir``: ``config.yaml``, ``train.log``, ``last.pt`` (every epoch), ``best.pt`` (best
     val VOC07 mAP), ``results.json`` (final metrics) and the TensorBoard events (or into ``cfg.logdir``).
     The folder is created only once the data, the model and the checkpoint to resume have been checked, so a run
-    that fails to start leaves nothing behind. SIGTERM / SIGINT save ``last.pt`` after the current step and return
-    early (no ``results.json``); ``stop`` replaces that stop request (``yolo.cluster`` passes one that also takes
-    the scheduler's preemption signal). A failed checkpoint write raises ``CheckpointWriteError``.
+    that fails to start leaves nothing behind. SIGTERM / SIGINT (to any rank) save ``last.pt`` after the current
+    step and return early (no ``results.json``; ``stop.requested`` and ``stop.signum`` tell why); ``stop``
+    replaces that stop request (``yolo.cluster`` passes one that also takes the scheduler's preemption signal).
+    A failed checkpoint write raises ``CheckpointWriteError``, a non-finite loss (on any rank) ``NonFiniteLoss``.
     """
+    started = time.perf_counter()
     device = distributed.local_device(cfg.train.device)
     rank, world_size = distributed.init_distributed(device)
     run_log = RunLog() if rank == 0 else None
     stop = StopRequest() if stop is None else stop
     stop.install()
     try:
-        parts, state = _setup(cfg, resume, device, rank, world_size)
-        if rank == 0:
-            cfg.run_dir.mkdir(parents=True, exist_ok=True)
-            run_log.open(cfg.run_dir)
-            save_yaml(cfg, cfg.run_dir / "config.yaml")
-        return _train(parts, state, device, world_size, stop, progress and rank == 0)
+        with deterministic_algorithms(cfg.train.deterministic):
+            parts, state = _setup(cfg, resume, device, rank, world_size)
+            if rank == 0:
+                cfg.run_dir.mkdir(parents=True, exist_ok=True)
+                run_log.open(cfg.run_dir)
+                save_yaml(cfg, cfg.run_dir / "config.yaml")
+            parts.update(vote=StopVote(stop, world_size, device), started=started)
+            return _train(parts, state, device, world_size, progress and rank == 0)
     finally:
         stop.uninstall()
         if run_log is not None:
@@ -220,28 +208,44 @@ def _setup(cfg, resume, device, rank, world_size) -> tuple[dict, dict]:
     ckpt = _resume_checkpoint(resume, cfg, classes) if resume else None
     check_user_losses(cfg.loss, len(classes))       # imports the module a config names; checks it on random logits
     train_loader, val_loader = build_loaders(cfg, root, classes, rank, world_size, device)
+    choice = _choose_runtime(cfg, device, len(classes), train_loader.batch_size, ckpt)
     model = build_model(cfg.model, len(classes)).to(device)
-    if cfg.train.channels_last:
+    if choice.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.train)
     steps_per_epoch = len(train_loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, cfg.train))
-    amp_dtype = autocast_dtype(cfg.train.amp, device)
-    precision = log_precision(cfg.train.amp, device, amp_dtype)
     parts = dict(model=model, optimizer=optimizer, cfg=cfg, classes=classes, steps_per_epoch=steps_per_epoch,
-                 scheduler=scheduler, scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
+                 scaler=torch.amp.GradScaler(device.type, enabled=choice.amp_dtype == torch.float16),
                  ema=ModelEMA(model, cfg.train.ema_decay, cfg.train.ema_ramp_steps) if cfg.train.ema else None,
-                 train_loader=train_loader, val_loader=val_loader, amp_dtype=amp_dtype,
+                 train_loader=train_loader, val_loader=val_loader, amp_dtype=choice.amp_dtype,
+                 channels_last=choice.channels_last, schedule=cfg.train,
                  loss_state=init_loss_state(cfg.loss.cls_loss, len(classes), device))
+    # the schedule is read at each step: a time budget's plan replaces it after the first steps
+    parts["scheduler"] = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, steps_per_epoch, parts["schedule"]))
+    precision = precision_name(choice.amp_dtype)
     state = {"epoch": 0, "step_in_epoch": 0, "best": -1.0, "metrics": None, "history": [], "train_s": 0.0,
-             "precision": precision}
+             "precision": precision, "autotune": choice.record(), "plan": None}
     if ckpt is not None:
-        state = _restore(ckpt, resume, parts)
+        state = {**_restore(ckpt, resume, parts), "autotune": choice.record()}
+        parts["schedule"] = planned_schedule(cfg.train, state["plan"])
         if state["precision"] != precision:
             logger.warning("%s was trained in %s so far and continues in %s", resume, state["precision"], precision)
             state["precision"] = f"{state['precision']}+{precision}"
         logger.info("resumed %s at epoch %d step %d", resume, state["epoch"], state["step_in_epoch"])
     return parts, state
+
+
+def _choose_runtime(cfg, device, num_classes: int, batch_size: int, ckpt) -> autotune.Choice:
+    """``train.amp`` and ``train.channels_last`` resolved (timed on rank 0 where ``auto``, the same on every rank;
+    a resumed run keeps its checkpoint's decision where it was made for the same device), and logged."""
+    resumed = ckpt.get("autotune") if ckpt is not None else None
+    choice = autotune.choose(cfg, device, num_classes, batch_size, resumed=resumed) if distributed.is_main() else None
+    choice = distributed.broadcast_object(choice)
+    if cfg.train.amp != "auto":
+        log_precision(cfg.train.amp, device, choice.amp_dtype)   # warns where a pinned bf16 is emulated
+    autotune.log_choice(choice, device)
+    return choice
 
 
 def _resume_checkpoint(resume, cfg, classes) -> dict:
@@ -255,15 +259,14 @@ def _resume_checkpoint(resume, cfg, classes) -> dict:
     return ckpt
 
 
-def _train(parts, state, device, world_size, stop, progress) -> dict:
+def _train(parts, state, device, world_size, progress) -> dict:
     cfg = parts["cfg"]
     main = distributed.is_main()
     writer = _open_writer(cfg) if main else None
     try:
-        state = _epochs(_wrap(parts["model"], cfg, device, world_size), parts, state, device, writer, stop,
-                        progress)
-        if main and not stop.requested and state["metrics"] is not None:
-            _write_results(cfg.run_dir, cfg, state, writer)
+        state = _epochs(_wrap(parts["model"], cfg, device, world_size), parts, state, device, writer, progress)
+        if main and not parts["vote"].stop.requested and state["metrics"] is not None:
+            _write_results(cfg.run_dir, cfg, state, writer, time.perf_counter() - parts["started"])
     finally:
         if writer is not None:
             writer.close()
@@ -271,12 +274,12 @@ def _train(parts, state, device, world_size, stop, progress) -> dict:
 
 
 def _wrap(model, cfg, device, world_size):
-    """The module the training loop calls: torch.compile and DDP wrappers around the plain model."""
-    train_model = torch.compile(model) if cfg.train.compile else model
+    """The module the training loop calls: DDP around the plain model, then torch.compile around that (compiling
+    the DDP module lets the compiled graph overlap the gradient all-reduce with the backward pass)."""
+    train_model = model
     if world_size > 1:
-        train_model = DistributedDataParallel(train_model, device_ids=[device.index] if device.type == "cuda"
-                                              else None)
-    return train_model
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(train_model) if cfg.train.compile else train_model
 
 
 def _open_writer(cfg):
@@ -284,40 +287,82 @@ def _open_writer(cfg):
     return SummaryWriter(log_dir=str(cfg.logdir or cfg.run_dir))
 
 
-def _epochs(train_model, parts, state, device, writer, stop, progress):
-    cfg, train_loader, amp_dtype = parts["cfg"], parts["train_loader"], parts["amp_dtype"]
-    for epoch in range(state["epoch"], cfg.train.epochs):
-        start_step = state["step_in_epoch"]
-        train_loader.sampler.set_epoch(epoch)
-        train_loader.sampler.skip(start_step * train_loader.batch_size)
-        bar = _progress_bar(len(train_loader), epoch, cfg.train.epochs) if progress else None
-        try:
-            out = train_one_epoch(train_model, train_loader, parts["optimizer"], parts["scheduler"], cfg, epoch,
-                                  device=device, scaler=parts["scaler"], amp_dtype=amp_dtype, ema=parts["ema"],
-                                  writer=writer, progress=bar, stop=stop, start_step=start_step,
-                                  loss_state=parts["loss_state"])
-        finally:
-            if bar is not None:
-                bar.close()
+def _epochs(train_model, parts, state, device, writer, progress):
+    cfg, vote = parts["cfg"], parts["vote"]
+    epoch = state["epoch"]
+    while epoch < parts["schedule"].epochs:     # a time budget's plan sets the number of epochs in the first one
+        out = _run_epoch(train_model, parts, state, epoch, device, writer, progress)
         done = not out["interrupted"]
-        logger.info("epoch %d/%d: %s (%.0f s, %.1f images/s)", epoch + 1, cfg.train.epochs,
+        epochs = parts["schedule"].epochs
+        logger.info("epoch %d/%d: %s (%.0f s, %.1f images/s)", epoch + 1, epochs,
                     " ".join(f"{k}={v:.4f}" for k, v in out["terms"].items()), out["seconds"],
                     out["images"] / max(out["seconds"], 1e-9))
         state.update(epoch=epoch + 1 if done else epoch, step_in_epoch=0 if done else out["steps"],
                      train_s=state["train_s"] + out["seconds"])
-        if done and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs):
-            global_step = (epoch + 1) * parts["steps_per_epoch"]
-            state["metrics"] = _evaluate(parts, parts["val_loader"], epoch, global_step, device, amp_dtype, writer)
-            state["history"].append({"epoch": epoch + 1, **{k: state["metrics"][k] for k in HISTORY_KEYS}})
-            if state["metrics"]["voc07_map50"] is not None and state["metrics"]["voc07_map50"] > state["best"]:
-                state["best"] = state["metrics"]["voc07_map50"]
-                _save(parts, state, "best.pt")
+        if done and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == epochs):
+            _evaluate_epoch(parts, state, epoch, device, writer)
         _save(parts, state, "last.pt")
-        if stop.requested:
+        if vote.settle():            # every rank stops here, after rank 0 has written last.pt
+            distributed.barrier()
             logger.warning("stopped at epoch %d step %d; resume with --resume %s", state["epoch"],
                            state["step_in_epoch"], cfg.run_dir / "last.pt")
             break
+        epoch += 1
     return state
+
+
+def _run_epoch(train_model, parts, state, epoch, device, writer, progress) -> dict:
+    """One epoch from ``state["step_in_epoch"]``; the first one of a budgeted run also makes the plan."""
+    cfg, loader = parts["cfg"], parts["train_loader"]
+    loader.sampler.set_epoch(epoch)
+    bar = _progress_bar(len(loader), epoch, parts["schedule"].epochs) if progress else None
+    if bar is not None:
+        bar.update(state["step_in_epoch"])
+    options = dict(device=device, scaler=parts["scaler"], amp_dtype=parts["amp_dtype"],
+                   channels_last=parts["channels_last"], ema=parts["ema"], writer=writer, progress=bar,
+                   stop=parts["vote"], loss_state=parts["loss_state"])
+
+    def train(start_step, max_steps=None):
+        loader.sampler.skip(start_step * loader.batch_size)
+        return train_one_epoch(train_model, loader, parts["optimizer"], parts["scheduler"], cfg, epoch,
+                               start_step=start_step, max_steps=max_steps, **options)
+    try:
+        if cfg.train.time_budget is None or state["plan"] is not None:
+            return train(state["step_in_epoch"])
+        return _plan_then_train(train, parts, state, epoch, device)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _plan_then_train(train, parts, state, epoch, device) -> dict:
+    """Train the first steps, time them and an evaluation, make the time budget's plan (on rank 0, the same on
+    every rank), and train the rest of the epoch under it. A run stopped before the plan makes it when resumed."""
+    start, steps_per_epoch = state["step_in_epoch"], parts["steps_per_epoch"]
+    outs = [train(start, budget.PLAN_WARMUP_STEPS)]
+    if not outs[-1]["interrupted"] and outs[-1]["steps"] < steps_per_epoch:
+        outs.append(train(outs[-1]["steps"], budget.PLAN_TIMED_STEPS))
+    timed = outs[-1]    # an epoch shorter than the warm-up: its steps, warm-up included (a conservative figure)
+    if timed["interrupted"]:
+        return merge_epoch_results(outs, start)
+    first = outs[0]["steps"] if len(outs) == 2 else start
+    _make_plan(parts, state, timed["seconds"] / max(timed["steps"] - first, 1), timed["steps"], epoch, device)
+    if timed["steps"] < steps_per_epoch:
+        outs.append(train(timed["steps"]))
+    return merge_epoch_results(outs, start)
+
+
+def _make_plan(parts, state, step_s: float, steps_done: int, epoch: int, device):
+    """The plan of ``train.time_budget`` from the measured step time and a timed evaluation (see yolo.budget)."""
+    cfg = parts["cfg"]
+    eval_s = budget.time_evaluation(parts["model"], parts["val_loader"], cfg, device=device,
+                                    amp_dtype=parts["amp_dtype"], channels_last=parts["channels_last"],
+                                    sigmoid_cls=sigmoid_scoring(cfg, epoch))
+    plan = budget.make_plan(cfg.train, parse_duration(cfg.train.time_budget), time.perf_counter() - parts["started"],
+                            step_s, parts["steps_per_epoch"], steps_done, eval_s, cfg.train.batch_size)
+    state["plan"] = distributed.broadcast_object(plan)
+    parts["schedule"] = planned_schedule(cfg.train, state["plan"])
+    logger.info("%s", budget.describe(state["plan"], cfg.train.scheduler))
 
 
 def _progress_bar(total, epoch, epochs):
@@ -325,15 +370,27 @@ def _progress_bar(total, epoch, epochs):
     return tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
 
 
-def _evaluate(parts, val_loader, epoch, step, device, amp_dtype, writer) -> dict:
+def _evaluate_epoch(parts, state, epoch, device, writer):
+    """Evaluate at the end of ``epoch``: the metrics, the val curve, and ``best.pt`` when they are the best."""
+    global_step = (epoch + 1) * parts["steps_per_epoch"]
+    state["metrics"] = _evaluate(parts, parts["val_loader"], epoch, global_step, device, writer)
+    state["history"].append({"epoch": epoch + 1, **{k: state["metrics"][k] for k in HISTORY_KEYS}})
+    if state["metrics"]["voc07_map50"] is not None and state["metrics"]["voc07_map50"] > state["best"]:
+        state["best"] = state["metrics"]["voc07_map50"]
+        _save(parts, state, "best.pt")
+
+
+def _evaluate(parts, val_loader, epoch, step, device, writer) -> dict:
     from yolo.metrics import format_results
     from yolo.summary import image_collector, log_evaluation
     cfg = parts["cfg"]
     eval_model = parts["ema"].module if parts["ema"] is not None else parts["model"]
+    distributed.broadcast_buffers(eval_model)   # every rank's shard scored with the statistics last.pt holds
     drawn, on_batch = image_collector(parts["classes"])
     results, pr_curves, _ = evaluate(eval_model, val_loader, cfg, device=device,
-                                     sigmoid_cls=sigmoid_scoring(cfg, epoch),
-                                     amp_dtype=amp_dtype, on_batch=on_batch if writer is not None else None)
+                                     sigmoid_cls=sigmoid_scoring(cfg, epoch), amp_dtype=parts["amp_dtype"],
+                                     channels_last=parts["channels_last"],
+                                     on_batch=on_batch if writer is not None else None)
     if distributed.is_main():
         logger.info("epoch %d: VOC07 mAP@0.5 %.4f, COCO AP %.4f\n%s", epoch + 1, results["voc07_map50"] or 0.0,
                     results["coco_ap"] or 0.0, format_results(results, parts["classes"]))
@@ -364,7 +421,7 @@ def _save(parts, state, name):
 
 def _restore(ckpt, path, parts) -> dict:
     """Load the weights, optimiser, schedule, scaler, EMA, RNG and loss states of ``ckpt``; returns the loop
-    state."""
+    state. RNG states of devices this machine does not have are reported, not restored."""
     try:
         parts["model"].load_state_dict(ckpt["model"])
         parts["optimizer"].load_state_dict(ckpt["optimizer"])
@@ -372,10 +429,11 @@ def _restore(ckpt, path, parts) -> dict:
         parts["scaler"].load_state_dict(ckpt["scaler"])
         if parts["ema"] is not None:
             parts["ema"].load_state_dict(ckpt["ema"])
-        set_rng_state(ckpt["rng"])
+        for note in set_rng_state(ckpt["rng"]):
+            logger.warning("--resume %s: %s", path, note)
         load_loss_state(parts["loss_state"], ckpt.get("loss_state", {}))   # checkpoints before it: no statistics
-        return {k: ckpt[k] for k in ("epoch", "step_in_epoch", "best", "metrics", "history", "train_s",
-                                     "precision")}
+        return {**{k: ckpt[k] for k in ("epoch", "step_in_epoch", "best", "metrics", "history", "train_s",
+                                         "precision")}, "plan": ckpt.get("plan")}
     except (KeyError, TypeError, RuntimeError, ValueError) as exc:  # a file that passed the safe load, but not ours
         raise CheckpointError(f"--resume {path}: cannot restore the run from it ({_reason(exc)})") from None
 
@@ -386,11 +444,13 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
-def _write_results(run_dir, cfg, state, writer):
-    """``results.json``: the config, the last val metrics, the val curve, the precision and the training time."""
+def _write_results(run_dir, cfg, state, writer, wall_s: float):
+    """``results.json``: the config, the last val metrics, the val curve, the precision and how it was chosen, the
+    time budget's plan, the training time and the wall time of this invocation."""
     from yolo.summary import log_hparams
     results = {"config": cfg.to_dict(), "val": state["metrics"], "history": state["history"],
-               "precision": state["precision"], "train_s": state["train_s"]}
+               "precision": state["precision"], "autotune": state["autotune"], "plan": state["plan"],
+               "train_s": state["train_s"], "wall_s": wall_s}
     (run_dir / "results.json").write_text(json.dumps(results, indent=1))
     if writer is not None:
         log_hparams(writer, cfg.to_dict(), state["metrics"])
@@ -413,7 +473,8 @@ def model_from_checkpoint(ckpt: dict, cfg, device, weights: str = "auto"):
         raise CheckpointError(f"the checkpoint's weights do not fit the model of its config (did a model flag "
                               f"change it?): {_reason(exc)}") from None
     model = model.to(device).eval()
-    return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
+    _, channels_last = autotune.inference_settings(ckpt, cfg, device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
 def _no_download(model_cfg):
@@ -434,6 +495,7 @@ def evaluate_checkpoint(ckpt: dict, cfg, split: str | None = None, weights: str 
     loader = build_loader(dataset, cfg.train.batch_size, train=False,
                           num_workers=resolve_workers(cfg.data.workers, device), seed=cfg.train.seed)
     model = model_from_checkpoint(ckpt, cfg, device, weights)
+    amp_dtype, channels_last = autotune.inference_settings(ckpt, cfg, device)
     trained_epoch = max(ckpt.get("epoch", 1) - 1, 0)  # the head was last trained with this epoch's loss
     return evaluate(model, loader, cfg, device=device, sigmoid_cls=sigmoid_scoring(cfg, trained_epoch),
-                    amp_dtype=autocast_dtype(cfg.train.amp, device))
+                    amp_dtype=amp_dtype, channels_last=channels_last)

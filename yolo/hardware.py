@@ -1,8 +1,9 @@
-"""What the machine can do, asked of torch: native bf16, the autocast dtype of ``train.amp``, loader workers.
+"""What the machine can do, asked of torch: native bf16, autocast dtypes, loader workers, deterministic algorithms.
 
 Decisions follow the machine the code runs on, never a figure measured on another one: bf16 autocast is 1.7x
 faster than fp32 on a CPU with AVX512_BF16 and 4x slower on one without (docs/performance.md).
 """
+import contextlib
 import logging
 import os
 import platform
@@ -36,7 +37,9 @@ def native_bf16(device: torch.device) -> bool:
 def autocast_dtype(amp: str, device: torch.device):
     """The autocast dtype of ``train.amp`` on ``device`` (None = full precision).
 
-    ``auto`` is bf16 where the device computes it natively (see :func:`native_bf16`) and fp32 elsewhere;
+    ``auto`` here is the capability rule, bf16 where the device computes it natively (see :func:`native_bf16`)
+    and fp32 elsewhere: what runs where nothing was timed (a checkpoint from before ``yolo.autotune``,
+    ``yolo.bench gemm / profile --amp auto``). Training decides ``auto`` by timing (``yolo.autotune``).
     ``bf16`` / ``fp16`` / ``none`` are taken as given. Losses are computed in float32 either way.
     """
     if amp == "auto":
@@ -94,9 +97,31 @@ def default_workers(device: torch.device, runs_at_once: int = 1) -> int:
     On the CPU the compute threads already use every core, and the small-image pipeline costs ~1 ms an image
     (``python -m yolo.bench data``): a worker process would only take cores from the step, so 0 workers and a
     prefetching thread. On a GPU the step runs on the device: one worker per core, one core left to the main
-    process, at most 16. ``runs_at_once`` runs sharing the machine (``yolo.ablate --jobs``) share its cores:
-    each gets its share, else 9 runs on one 16-core GPU host would start 135 workers.
+    process, at most 16. ``runs_at_once`` processes sharing the cores (runs side by side, ``yolo.ablate --jobs``,
+    or the DDP ranks of one host) each get their share, else 8 ranks on one 64-core host would start 128 workers
+    for training and as many for evaluation.
     """
     if device.type != "cuda":
         return 0
     return max(1, min(16, cores_per_run(runs_at_once) - 1))
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool):
+    """``train.deterministic``: while the block runs, torch's deterministic algorithms (a warning names any
+    operation that has none), cuDNN's deterministic convolutions without autotuning, and cuBLAS's fixed workspace
+    (``CUBLAS_WORKSPACE_CONFIG``, read when CUDA's first matmul creates its handle). The previous settings are
+    restored afterwards (an ablation runs many fits in one process). On the CPU the step is deterministic already."""
+    if not enabled:
+        yield
+        return
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[2], previous[3]

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torchvision.utils import draw_bounding_boxes
 
+from yolo.autotune import inference_settings
 from yolo.checkpoint import load_checkpoint
 from yolo.config import from_dict
 from yolo.data.images import ImageDecodeError, decode_image
@@ -23,17 +24,17 @@ from yolo.data.transforms import eval_transform, to_original
 from yolo.distributed import local_device
 from yolo.engine import predict, sigmoid_scoring
 from yolo.fit import model_from_checkpoint
-from yolo.hardware import autocast_dtype
 
 logger = logging.getLogger(__name__)
 
 
-def detect(model, image_rgb, cfg, device, transform) -> dict:
-    """Detections of one HxWx3 uint8 RGB image, boxes in its own float pixel-edge coordinates."""
+def detect(model, image_rgb, cfg, device, transform, amp_dtype=None) -> dict:
+    """Detections of one HxWx3 uint8 RGB image, boxes in its own float pixel-edge coordinates (the network under
+    autocast to ``amp_dtype``; None: full precision)."""
     sample = transform(image_rgb, np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
     image = torch.from_numpy(sample["image"]).permute(2, 0, 1).unsqueeze(0).to(device)
     det = predict(model, image, cfg, sigmoid_cls=sigmoid_scoring(cfg, cfg.train.epochs - 1),
-                  amp_dtype=autocast_dtype(cfg.train.amp, device))[0]
+                  amp_dtype=amp_dtype)[0]
     boxes = to_original(det["boxes_xyxy"].float().cpu(), sample["scale"], sample["pad"], image_rgb.shape[:2])
     return {"boxes_xyxy": boxes, "scores": det["scores"].float().cpu(), "labels": det["labels"].cpu()}
 
@@ -70,6 +71,7 @@ def main(argv=None) -> int:
         ckpt = load_checkpoint(args.checkpoint)
         cfg = from_dict(ckpt["config"])
         model = model_from_checkpoint(ckpt, cfg, device)
+        amp_dtype, _ = inference_settings(ckpt, cfg, device)   # the precision the run trained in, where native
         paths = _image_paths(args, ckpt["classes"])
     except (FileNotFoundError, ValueError) as exc:  # CheckpointError and ConfigError are ValueErrors
         print(f"error: {exc}", file=sys.stderr)
@@ -84,7 +86,7 @@ def main(argv=None) -> int:
         except ImageDecodeError as exc:
             logger.warning("skipped %s: %s", path, exc)
             continue
-        det = detect(model, image, cfg, device, transform)
+        det = detect(model, image, cfg, device, transform, amp_dtype)
         keep = det["scores"] >= args.score
         names = [f"{ckpt['classes'][c]} {s:.2f}" for c, s in zip(det["labels"][keep].tolist(),
                                                                  det["scores"][keep].tolist())]

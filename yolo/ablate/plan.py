@@ -33,6 +33,7 @@ HASH_NEUTRAL: dict[tuple, object] = {
     ("loss", "conf_target"): "auto", ("loss", "conf_iou_floor"): 0.0, ("loss", "vfl_alpha"): 0.75,
     ("loss", "poly_epsilon"): 1.0, ("loss", "seesaw_p"): 0.8, ("loss", "seesaw_q"): 2.0, ("loss", "efl_scale"): 8.0,
     ("data", "format"): "auto", ("data", "drop_background"): False, ("eval", "skip_unreadable"): False,
+    ("train", "deterministic"): False, ("train", "time_budget"): None,
 }
 
 

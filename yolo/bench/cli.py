@@ -6,6 +6,7 @@ import sys
 
 import torch
 
+from yolo.bench.autotune import run_autotune
 from yolo.bench.common import machine
 from yolo.bench.gpu import run_gpu
 from yolo.bench.pipeline import run_data, run_eval, run_train
@@ -13,7 +14,7 @@ from yolo.bench.step import run_gemm, run_profile, run_step
 from yolo.bench.targets import run_targets
 
 PARTS = {"step": run_step, "gemm": run_gemm, "profile": run_profile, "targets": run_targets, "data": run_data,
-         "train": run_train, "eval": run_eval, "gpu": run_gpu}
+         "train": run_train, "eval": run_eval, "gpu": run_gpu, "autotune": run_autotune}
 
 
 def _step_options(p, default_device: str, amp=("none", "bf16"), channels_last=("off", "on")):
@@ -21,7 +22,7 @@ def _step_options(p, default_device: str, amp=("none", "bf16"), channels_last=("
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=416)
     p.add_argument("--amp", nargs="+", default=list(amp), choices=["auto", "none", "bf16", "fp16"])
-    p.add_argument("--channels-last", nargs="+", default=list(channels_last), choices=["off", "on"])
+    p.add_argument("--channels-last", nargs="+", default=list(channels_last), choices=["auto", "off", "on"])
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
 
@@ -76,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--split", help="(eval) data spec to score; default: the config's data.test")
         p.add_argument("--checkpoint", help="(eval) weights to evaluate")
         add_config_args(p)
+
+    tune = sub.add_parser("autotune", help="the cached amp / channels_last decisions of train.amp / "
+                                           "train.channels_last auto; --config: that run's (timed if missing)")
+    tune.add_argument("--refresh", action="store_true", help="with --config: time the candidates again")
+    add_config_args(tune)
 
     gpu = sub.add_parser("gpu", help="every GPU figure of docs/performance.md in one run (<= ~10 minutes)")
     gpu.add_argument("--device", default=default_device)

@@ -1,8 +1,8 @@
 """``python -m yolo.bench gpu``: every GPU figure of docs/performance.md in one run of at most ~10 minutes, on
 whatever CUDA machine is at hand.
 
-1. the training step at 416 px, batch 64, bf16 + channels_last, torch.compile off and on, with GFLOP/s against
-   the device's bf16 GEMM rate;
+1. the training step at 416 px, batch 64, bf16 + channels_last, torch.compile off and on, and with
+   ``train.deterministic`` (what exact resume costs on CUDA), with GFLOP/s against the device's bf16 GEMM rate;
 2. a torch.profiler summary of the step (top 15 operators by CUDA time);
 3. training end to end on the shapes preset at 416 px with 8 and 16 loader workers (against the step alone);
 4. the shapes preset (``configs/shapes.yaml``) trained end to end: its wall time and VOC07 mAP on shapes:test.
@@ -23,6 +23,7 @@ from yolo.bench.common import machine
 from yolo.bench.pipeline import bench_train
 from yolo.bench.step import bench_step, gemm_rate, profile_step
 from yolo.config import Config, load_yaml, update, validate
+from yolo.hardware import deterministic_algorithms
 
 REPO = Path(__file__).resolve().parents[2]
 FULL = {"size": 416, "batch": 64, "iters": 20, "warmup": 5, "compile": (False, True), "workers": (8, 16),
@@ -45,6 +46,9 @@ def shapes_config(output_dir: Path, smoke: bool, device: str, **data) -> Config:
 def _step_part(device, p) -> dict:
     rows = [bench_step(device, p["batch"], p["size"], "bf16", True, compiled, p["iters"], p["warmup"])
             for compiled in p["compile"]]
+    with deterministic_algorithms(True):   # what train.deterministic costs (exact resume on CUDA)
+        rows.append({**bench_step(device, p["batch"], p["size"], "bf16", True, False, p["iters"], p["warmup"]),
+                     "deterministic": True})
     return {"rows": rows, "gemm_bf16_gflops": gemm_rate(device, torch.bfloat16)}
 
 
@@ -98,7 +102,8 @@ def summary_markdown(out: dict) -> str:
              "", "| part | result |", "|---|---|"]
     for row in out["step"].get("rows", []):
         lines.append(f"| step {row['size']} px, batch {row['batch']}, bf16, channels_last, compile "
-                     f"{'on' if row['compile'] else 'off'} | {row['images_per_s']:.0f} images/s, "
+                     f"{'on' if row['compile'] else 'off'}{', train.deterministic' if row.get('deterministic') else ''}"
+                     f" | {row['images_per_s']:.0f} images/s, "
                      f"{row['gflops']:.0f} GFLOP/s ({row['gflop_per_image']:.2f} GFLOP/image; bf16 GEMM "
                      f"{out['step']['gemm_bf16_gflops']:.0f} GFLOP/s) |")
     for row in out["train"].get("rows", []):

@@ -35,30 +35,33 @@ def run_data(args) -> list[dict]:
     return rows
 
 
-def _training_step(cfg, device, num_classes: int):
-    """``step(images, boxes, labels)``: the training step of ``cfg`` (model, fused optimizer, amp, compile)."""
+def _training_step(cfg, device, num_classes: int, choice):
+    """``step(images, boxes, labels)``: the training step of ``cfg`` (model, fused optimizer, compile) with the
+    precision and memory format of ``choice`` (a ``yolo.autotune.Choice``)."""
     from yolo.engine import train_step
     from yolo.fit import build_optimizer
-    from yolo.hardware import autocast_dtype
+    from yolo.losses import init_loss_state
     from yolo.model import build_model
 
     model = build_model(cfg.model, num_classes).to(device)
-    if cfg.train.channels_last:
+    if choice.channels_last:
         model = model.to(memory_format=torch.channels_last)
     run_model = torch.compile(model) if cfg.train.compile else model
     optimizer = build_optimizer(model, cfg.train)
-    amp_dtype = autocast_dtype(cfg.train.amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=choice.amp_dtype == torch.float16)
+    loss_state = init_loss_state(cfg.loss.cls_loss, num_classes, device)
 
     def step(images, boxes, labels):
         train_step(run_model, images, boxes, labels, optimizer, cfg, cls_loss=cfg.loss.cls_loss, scaler=scaler,
-                   amp_dtype=amp_dtype)
+                   amp_dtype=choice.amp_dtype, loss_state=loss_state)
     return step
 
 
 def bench_train(cfg, steps: int, warmup: int) -> dict:
     """Images/s of training end to end (loader, copy to the device, step) and of the same step on one batch
-    already on the device, at the same settings: their ratio is what the data path costs."""
+    already on the device, at the same settings: their ratio is what the data path costs. ``train.amp`` and
+    ``train.channels_last`` resolve as in training (``auto``: the decision of ``yolo.autotune``, from its cache)."""
+    from yolo.autotune import choose, describe
     from yolo.data.loader import cycle_epochs, resolve_workers
     from yolo.engine import batch_to_device
     from yolo.fit import build_loaders, prepare_data
@@ -66,13 +69,14 @@ def bench_train(cfg, steps: int, warmup: int) -> dict:
     device = _device(cfg.train.device)
     root, classes = prepare_data(cfg)
     loader, _ = build_loaders(cfg, root, classes, 0, 1, device)
-    step = _training_step(cfg, device, len(classes))
+    choice = choose(cfg, device, len(classes), cfg.train.batch_size)
+    step = _training_step(cfg, device, len(classes), choice)
     batches, waits, totals, images = cycle_epochs(loader), [], [], 0
     for i in range(warmup + steps):
         tic = time.perf_counter()
         batch_images, targets = next(batches)
         loaded = time.perf_counter()
-        x, boxes, labels = batch_to_device(batch_images, targets, device, cfg.train.channels_last)
+        x, boxes, labels = batch_to_device(batch_images, targets, device, choice.channels_last)
         step(x, boxes, labels)
         sync(device)
         if i >= warmup:
@@ -83,6 +87,7 @@ def bench_train(cfg, steps: int, warmup: int) -> dict:
     end_to_end, step_only = images / sum(totals), x.shape[0] / step_s
     return {"part": "train", "device": str(device), "batch": cfg.train.batch_size, "size": cfg.data.img_size,
             "workers": resolve_workers(cfg.data.workers, device), "amp": cfg.train.amp,
+            "channels_last": cfg.train.channels_last, "resolved": choice.record(), "resolved_text": describe(choice),
             "images_per_s": end_to_end, "step_only_images_per_s": step_only, "ratio": end_to_end / step_only,
             "data_wait_fraction": sum(waits) / sum(totals), "peak_memory_mb": peak_memory_mb(device)}
 
@@ -90,7 +95,8 @@ def bench_train(cfg, steps: int, warmup: int) -> dict:
 def run_train(args) -> list[dict]:
     row = {**bench_train(_config(args), args.steps, args.warmup), "config": args.config}
     loading = "a prefetch thread" if row["workers"] == 0 else f"{row['workers']} worker processes"
-    print(f"train {args.config} {row['device']} batch {row['batch']} size {row['size']} amp={row['amp']}, {loading}: "
+    print(f"train {args.config} {row['device']} batch {row['batch']} size {row['size']} amp={row['amp']} "
+          f"channels_last={row['channels_last']} ({row['resolved_text']}), {loading}: "
           f"{row['images_per_s']:.1f} images/s end to end, {row['step_only_images_per_s']:.1f} images/s for the "
           f"step alone on the same settings ({100 * row['ratio']:.0f}%), waiting for data "
           f"{100 * row['data_wait_fraction']:.0f}% of the time", flush=True)
@@ -98,6 +104,7 @@ def run_train(args) -> list[dict]:
 
 
 def run_eval(args) -> list[dict]:
+    from yolo.autotune import inference_settings
     from yolo.checkpoint import load_checkpoint
     from yolo.data.loader import build_loader, resolve_workers
     from yolo.data.dataset import DetectionDataset
@@ -115,12 +122,16 @@ def run_eval(args) -> list[dict]:
                                         substitute=False)
     loader = build_loader(dataset, cfg.train.batch_size, train=False,
                           num_workers=resolve_workers(cfg.data.workers, device), seed=0)
+    ckpt = load_checkpoint(args.checkpoint) if args.checkpoint else {}
     if args.checkpoint:
-        model = model_from_checkpoint(load_checkpoint(args.checkpoint), cfg, device)
+        model = model_from_checkpoint(ckpt, cfg, device)
     else:
         logger.warning("no --checkpoint: timing an untrained model (its detections are few and meaningless)")
         model = build_model(cfg.model, len(classes)).to(device).eval()
-    detections, t = _timed_inference(model, loader, cfg, device)
+    amp_dtype, channels_last = inference_settings(ckpt, cfg, device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    detections, t = _timed_inference(model, loader, cfg, device, amp_dtype, channels_last)
     tic = time.perf_counter()
     evaluate_detections(split, detections, coco_backend=cfg.eval.coco_backend)
     t["metrics"] = time.perf_counter() - tic
@@ -134,18 +145,18 @@ def run_eval(args) -> list[dict]:
 
 
 @torch.no_grad()
-def _timed_inference(model, loader, cfg, device):
+def _timed_inference(model, loader, cfg, device, amp_dtype, channels_last: bool):
     """Detections of every image, and the seconds spent in the network and in decoding + NMS."""
     from yolo.decode import decode
     from yolo.engine import grid_for, sigmoid_scoring, to_detection_records
-    from yolo.hardware import autocast_dtype
 
-    amp_dtype = autocast_dtype(cfg.train.amp, device)
     category_ids = loader.dataset.split.categories.ids
     t, detections = {"inference": 0.0, "decode_nms": 0.0}, []
     for images, targets in loader:
         tic = time.perf_counter()
         images = images.to(device)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             preds = model(images)
         sync(device)

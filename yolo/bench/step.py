@@ -73,20 +73,36 @@ def bench_step(device, batch: int, size: int, amp: str, channels_last: bool, com
             "peak_memory_mb": peak_memory_mb(device)}
 
 
+def resolve_auto(device, batch: int, size: int, amp: str, channels_last: str, cls_loss: str = "ce"):
+    """``(amp, channels_last: bool, note)``: the step bench's settings, with ``auto`` decided as training decides it
+    (``yolo.autotune``, for this model, size and batch; from its cache when it has them)."""
+    from yolo.autotune import choose, describe
+    if "auto" not in (amp, channels_last):
+        return amp, channels_last == "on", ""
+    cfg = Config()
+    cfg.model.pretrained, cfg.loss.cls_loss, cfg.data.img_size = "none", cls_loss, size
+    cfg.train.amp, cfg.train.channels_last = amp, "auto" if channels_last == "auto" else channels_last == "on"
+    choice = choose(cfg, device, 20, batch)
+    return choice.amp, choice.channels_last, f" [auto: {describe(choice)}]"
+
+
 def run_step(args) -> list[dict]:
     device = torch.device(args.device)
     rows, limits = [], {}
-    for amp, channels_last, compile_model in itertools.product(args.amp, args.channels_last, args.compile):
-        row = bench_step(device, args.batch, args.size, amp, channels_last == "on", compile_model == "on",
+    for asked_amp, asked_layout, compile_model in itertools.product(args.amp, args.channels_last, args.compile):
+        amp, channels_last, note = resolve_auto(device, args.batch, args.size, asked_amp, asked_layout, args.cls_loss)
+        row = bench_step(device, args.batch, args.size, amp, channels_last, compile_model == "on",
                          args.iters, args.warmup, args.cls_loss)
+        row.update(asked_amp=asked_amp, asked_channels_last=asked_layout)
         dtype = autocast_dtype(amp, device)
         if row["precision"] not in limits:
             # emulated bf16 matmuls ran at ~0.3 GFLOP/s on an AVX2-only CPU: 12 of 2048^3 would take over an hour
             emulated = dtype is torch.bfloat16 and not native_bf16(device)
             limits[row["precision"]] = gemm_rate(device, dtype, 512 if emulated else None)
         row["gemm_gflops"] = limits[row["precision"]]
-        print(f"step  {row['device']} batch {args.batch} size {args.size} amp={amp} ({row['precision']}) "
-              f"channels_last={channels_last} compile={compile_model}: {row['images_per_s']:.1f} images/s, "
+        print(f"step  {row['device']} batch {args.batch} size {args.size} amp={asked_amp} ({row['precision']}) "
+              f"channels_last={asked_layout} ({'on' if channels_last else 'off'}) compile={compile_model}{note}: "
+              f"{row['images_per_s']:.1f} images/s, "
               f"{row['gflop_per_image']:.2f} GFLOP/image = {row['gflops']:.0f} GFLOP/s, "
               f"{100 * row['gflops'] / row['gemm_gflops']:.0f}% of this machine's {row['precision']} GEMM "
               f"({row['gemm_gflops']:.0f} GFLOP/s) (median {row['median_s'] * 1e3:.0f} ms, "

@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import queue
 import random
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -188,7 +189,7 @@ def _put(batches: queue.Queue, item, stop: threading.Event) -> bool:
 
 
 def build_loader(dataset, batch_size: int, *, train: bool, num_workers: int, seed: int, rank: int = 0,
-                 world_size: int = 1, pin_memory=None, prefetch_factor: int = 4):
+                 world_size: int = 1, pin_memory=None, prefetch_factor: int = 4, processes_on_host: int = 1):
     """A loader over ``dataset`` with an :class:`EpochSampler` and :func:`collate`.
 
     ``num_workers`` > 0: a DataLoader with that many persistent worker processes; 0: a :class:`ThreadLoader`
@@ -196,9 +197,14 @@ def build_loader(dataset, batch_size: int, *, train: bool, num_workers: int, see
     evaluation keeps the order and every sample (with ``world_size`` > 1 the shards are padded by repetition:
     deduplicate results by ``meta["index"]``). ``pin_memory`` defaults to ``torch.cuda.is_available()``. The
     sampler is ``loader.sampler``: call ``loader.sampler.set_epoch(epoch)`` before each epoch (and ``skip`` to
-    resume).
+    resume). The batches workers prefetch live in ``/dev/shm``, which ``processes_on_host`` such loaders share:
+    where it is too small for them, fewer are prefetched (see :func:`fit_shared_memory`).
     """
     sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size)
+    if num_workers > 0:
+        batch_bytes = batch_size * _sample_bytes(dataset)
+        num_workers, prefetch_factor = fit_shared_memory(batch_bytes, num_workers, prefetch_factor,
+                                                         processes_on_host)
     workers = num_workers > 0
     loader = DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, drop_last=train,
@@ -211,10 +217,51 @@ def build_loader(dataset, batch_size: int, *, train: bool, num_workers: int, see
     return loader if workers else ThreadLoader(loader)
 
 
-def resolve_workers(workers, device: torch.device) -> int:
-    """``data.workers``: an int as given, ``auto`` from the machine (:func:`yolo.hardware.default_workers`)."""
+SHM = Path("/dev/shm")
+SHM_HEADROOM = 2   # a batch being collated and one being freed next to each prefetched one
+
+
+def fit_shared_memory(batch_bytes: int, num_workers: int, prefetch_factor: int, processes: int = 1,
+                      shm: Path = SHM) -> tuple[int, int]:
+    """``(num_workers, prefetch_factor)`` whose batches in flight fit the free space of ``shm``.
+
+    Worker processes hand their batches over in shared memory, ``num_workers * prefetch_factor`` of them per
+    loader; ``processes`` loaders (the DDP ranks of this host) share ``/dev/shm``, which a container often limits to
+    64 MB, and a batch that does not fit ends the run with a Bus error. When short: fewer batches prefetched, then
+    fewer workers, then none (batches made in this process, no shared memory), with a warning that says why.
+    (File-system sharing would not help: it places the same bytes in the same ``/dev/shm``.)
+    """
+    try:
+        free = shutil.disk_usage(shm).free
+    except OSError:          # no /dev/shm (not Linux): nothing to check
+        return num_workers, prefetch_factor
+    per_batch = batch_bytes * SHM_HEADROOM * processes
+    fitted_workers, fitted_prefetch = num_workers, prefetch_factor
+    while fitted_workers > 0 and fitted_workers * fitted_prefetch * per_batch > free:
+        if fitted_prefetch > 1:
+            fitted_prefetch -= 1
+        else:
+            fitted_workers -= 1
+    if (fitted_workers, fitted_prefetch) != (num_workers, prefetch_factor):
+        logger.warning("%s has %.0f MB free, too little for %d loader workers x %d prefetched batches of %.1f MB "
+                       "in each of %d processes: using %d workers x %d batches%s (a larger /dev/shm, e.g. docker "
+                       "--shm-size 8g, restores them)", shm, free / 2**20, num_workers, prefetch_factor,
+                       batch_bytes / 2**20, processes, fitted_workers, fitted_prefetch,
+                       "" if fitted_workers else ", i.e. batches made in this process")
+    return fitted_workers, fitted_prefetch if fitted_workers else prefetch_factor
+
+
+def _sample_bytes(dataset) -> int:
+    """Bytes of one sample's image as collated (uint8), from the dataset's first sample."""
+    image, _ = dataset[(0, 0)]
+    return image.numel() * image.element_size()
+
+
+def resolve_workers(workers, device: torch.device, processes_sharing_cores: int = 1) -> int:
+    """``data.workers``: an int as given, ``auto`` from the machine (:func:`yolo.hardware.default_workers`), the
+    cores shared among ``processes_sharing_cores`` processes (the DDP ranks of this host)."""
     from yolo.hardware import default_workers
-    return default_workers(device) if workers == "auto" else int(workers)
+    return default_workers(device, processes_sharing_cores) if workers == "auto" else int(workers)
 
 
 def measure_loader_throughput(dataset, batch_size: int, num_workers: int, num_batches: int,
