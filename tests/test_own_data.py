@@ -133,7 +133,7 @@ def test_an_unreadable_image_fails_evaluation_with_its_path_unless_the_rest_is_s
                                 {"image_id": ids[3], "category_id": 1, "bbox": [1, 1, 10, 10], "score": 0.5}]))
     refused = _run("eval.py", "--detections", str(dets), "--data-root", str(root), "--split", "shapes:val")
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert f"1 of the 8 images of shapes:val cannot be read" in refused.stderr and ids[3] in refused.stderr
+    assert "1 of the 8 images of shapes:val cannot be read" in refused.stderr and ids[3] in refused.stderr
     assert "--skip-unreadable true" in refused.stderr
     partial = _run("eval.py", "--detections", str(dets), "--data-root", str(root), "--split", "shapes:val",
                    "--skip-unreadable", "true")

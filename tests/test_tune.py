@@ -14,7 +14,6 @@ import optuna
 import pytest
 import yaml
 
-from yolo.ablate import execute
 from yolo.ablate.plan import plan_runs
 from yolo.ablate.spec import load_ablation
 from yolo.ablate.stats import expected_max
