@@ -1,4 +1,6 @@
 """Shared fixtures: where ../shared lives, and a tiny synthetic dataset + config for end-to-end runs."""
+import contextlib
+import io
 from pathlib import Path
 
 import pytest
@@ -79,3 +81,41 @@ def tiny_run(shapes_root, tmp_path_factory) -> Path:
     cfg.name, cfg.train.epochs = "tiny", 1
     fit(validate(cfg), progress=False)
     return cfg.run_dir
+
+
+def request_stop_at_step(monkeypatch, n: int) -> list:
+    """What a SIGTERM does, at a known point: the run's stop request is set during its ``n``-th training step
+    (counted over everything ``fit`` runs while the patch holds), so the run saves mid-epoch and stops. Returns the
+    list that counts the steps."""
+    from yolo import engine
+    from yolo.fit import StopRequest
+    stops, steps, real_step = [], [], engine.train_step
+
+    class RecordedStop(StopRequest):
+        def __init__(self):
+            super().__init__()
+            stops.append(self)
+
+    def step_then_signal(*args, **kwargs):
+        steps.append(1)
+        if len(steps) == n:
+            stops[-1].requested = True
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr("yolo.fit.StopRequest", RecordedStop)
+    monkeypatch.setattr(engine, "train_step", step_then_signal)
+    return steps
+
+
+def pycocotools_stats(gt_path: Path, results_path: Path) -> list:
+    """The 12 numbers pycocotools' bbox evaluation prints for a ground-truth JSON and a results list: the
+    reference our COCO scores must equal."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(gt_path))
+        evaluator = COCOeval(gt, gt.loadRes(str(results_path)), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return list(evaluator.stats[:12])

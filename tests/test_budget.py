@@ -5,11 +5,12 @@ import json
 import pytest
 import torch
 
+from conftest import request_stop_at_step
 from yolo import budget
 from yolo.budget import evaluations, make_plan, plan_epochs
 from yolo.checkpoint import load_checkpoint
 from yolo.config import ConfigError, TrainConfig, parse_duration
-from yolo.fit import StopRequest, fit
+from yolo.fit import fit
 
 
 @pytest.mark.parametrize("text,seconds", [("10m", 600), ("1.5h", 5400), ("90s", 90), ("600", 600), (600, 600)])
@@ -87,31 +88,15 @@ def test_a_budgeted_run_trains_its_plan_and_stores_it(tiny_config, monkeypatch):
 
 
 def test_resume_keeps_the_plan_and_ends_with_the_weights_of_an_uninterrupted_run(tiny_config, monkeypatch):
-    from yolo import engine
     cfg = _budgeted(tiny_config, monkeypatch)
     fit(cfg, progress=False)
     straight = load_checkpoint(cfg.run_dir / "last.pt")
 
-    stops, real_step, steps = [], engine.train_step, []
-
-    class RecordedStop(StopRequest):
-        def __init__(self):
-            super().__init__()
-            stops.append(self)
-
-    def step_then_signal(*args, **kwargs):      # SIGTERM at epoch 2, step 2 of 4: after the plan
-        steps.append(1)
-        if len(steps) == 6:
-            stops[-1].requested = True
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr("yolo.fit.StopRequest", RecordedStop)
-    monkeypatch.setattr(engine, "train_step", step_then_signal)
     cfg.name = "interrupted"
-    fit(cfg, progress=False)
+    with pytest.MonkeyPatch.context() as patch:
+        steps = request_stop_at_step(patch, 6)          # SIGTERM at epoch 2, step 2 of 4: after the plan
+        fit(cfg, progress=False)
     assert (load_checkpoint(cfg.run_dir / "last.pt")["step_in_epoch"], len(steps)) == (2, 6)
-    monkeypatch.setattr("yolo.fit.StopRequest", StopRequest)
-    monkeypatch.setattr(engine, "train_step", real_step)
     monkeypatch.setattr(budget, "plan_epochs", lambda *args: pytest.fail("planned again on resume"))
     fit(cfg, resume=str(cfg.run_dir / "last.pt"), progress=False)
     resumed = load_checkpoint(cfg.run_dir / "last.pt")

@@ -121,10 +121,10 @@ def test_real_voc_annotations_convert_box_for_box():
     coco_gt = records_to_coco(records, categories(VOC_CLASSES))
     annotations = iter(coco_gt["annotations"])
     checked = 0
-    for image, record in zip(coco_gt["images"], records):
-        year = "VOC2007" if record.image_id.isdigit() else "VOC2012"
-        xml_path = VOC_SAMPLE / "VOCdevkit" / year / "Annotations" / f"{record.image_id}.xml"
-        record_annotations = [next(annotations) for _ in record.labels]
+    for image, voc_record in zip(coco_gt["images"], records):
+        year = "VOC2007" if voc_record.image_id.isdigit() else "VOC2012"
+        xml_path = VOC_SAMPLE / "VOCdevkit" / year / "Annotations" / f"{voc_record.image_id}.xml"
+        record_annotations = [next(annotations) for _ in voc_record.labels]
         for obj, annotation in zip(ET.parse(xml_path).findall("object"), record_annotations):
             corners = ("xmin", "ymin", "xmax", "ymax")
             xmin, ymin, xmax, ymax = (float(obj.findtext(f"bndbox/{key}")) for key in corners)

@@ -1,7 +1,5 @@
 """COCO JSON datasets: read with their own (non-contiguous) ids and scored exactly as pycocotools scores the file,
 LVIS's federated rules, and every bad COCO input the reader must count, clip, drop or refuse."""
-import contextlib
-import io
 import json
 import logging
 import subprocess
@@ -12,10 +10,8 @@ import cv2
 import numpy as np
 import pytest
 from faster_coco_eval import COCO as FasterCOCO, COCOeval_faster
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
-from conftest import REPO
+from conftest import REPO, pycocotools_stats
 from yolo.coco_eval import COCO_KEYS, LVIS_KEYS
 from yolo.config import Config, validate
 from yolo.data.coco import load_split
@@ -71,16 +67,6 @@ def results_fixture(path: Path, seed: int = 0) -> list:
                             "score": round(float(rng.random()), 3)})
     results.append({"image_id": 40, "category_id": 90, "bbox": [1, 1, 20, 20], "score": 0.7})
     return results
-
-
-def pycocotools_stats(gt_path: Path, results_path: Path) -> list:
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(gt_path))
-        evaluator = COCOeval(gt, gt.loadRes(str(results_path)), "bbox")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return list(evaluator.stats[:12])
 
 
 def test_eval_py_scores_a_coco_results_list_exactly_as_pycocotools_on_the_file(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, tiny_args
+from conftest import REPO, request_stop_at_step, tiny_args
 from yolo.checkpoint import load_checkpoint
 from yolo.engine import NonFiniteLoss
 from yolo.fit import StopRequest, fit, lr_factor
@@ -90,28 +90,13 @@ def test_a_stop_request_saves_mid_epoch_and_resume_is_exact(tiny_config, monkeyp
     fit(tiny_config, progress=False)
     straight = _weights(tiny_config.run_dir / "last.pt")
 
-    from yolo import engine
-    stops, real_step, steps = [], engine.train_step, []
-
-    class RecordedStop(StopRequest):
-        def __init__(self):
-            super().__init__()
-            stops.append(self)
-
-    def step_then_signal(*args, **kwargs):  # what SIGTERM does, at a known step: epoch 2, step 2 of 4
-        steps.append(1)
-        if len(steps) == 6:
-            stops[-1].requested = True
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr("yolo.fit.StopRequest", RecordedStop)
-    monkeypatch.setattr(engine, "train_step", step_then_signal)
     tiny_config.name = "interrupted"
-    fit(tiny_config, progress=False)
+    with pytest.MonkeyPatch.context() as patch:
+        request_stop_at_step(patch, 6)      # epoch 2, step 2 of 4
+        fit(tiny_config, progress=False)
     ckpt = load_checkpoint(tiny_config.run_dir / "last.pt")
     assert (ckpt["epoch"], ckpt["step_in_epoch"]) == (1, 2)
     assert not (tiny_config.run_dir / "results.json").exists()  # the run did not finish
-    monkeypatch.undo()
     fit(tiny_config, resume=str(tiny_config.run_dir / "last.pt"), progress=False)
     _assert_same_weights(straight, _weights(tiny_config.run_dir / "last.pt"))
 
