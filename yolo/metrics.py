@@ -292,11 +292,11 @@ def format_results(results: dict, classes) -> str:
     lines.append(f"{'mean':<{width}}  {'':>6} {'':>5} {'':>8}  "
                  f"{_fmt(results['voc07_map50']):>10}  {_fmt(results['voc_map50']):>11}")
     lines.append(f"VOC mAP@0.5 ({results['num_images']} images, {results['num_detections']} detections, "
-                 f"difficult ignored, classes without ground truth excluded): "
+                 f"difficult / crowd ignored, classes without ground truth excluded): "
                  f"11-point {_fmt(results['voc07_map50'])} | all-point {_fmt(results['voc_map50'])}")
-    lines.append(f"COCO ({results['coco_backend']}, difficult = ignore): "
+    lines.append(f"COCO ({results['coco_backend']}, difficult / crowd = ignore): "
                  + "  ".join(f"{key} {_fmt(results['coco_' + key.lower()])}" for key in COCO_KEYS[:6]))
-    lines.append(f"COCO ({results['coco_backend']}, difficult = ignore): "
+    lines.append(f"COCO ({results['coco_backend']}, difficult / crowd = ignore): "
                  + "  ".join(f"{key} {_fmt(results['coco_' + key.lower()])}" for key in COCO_KEYS[6:]))
     if "lvis_apr" in results:
         lines.append(f"LVIS (federated, {LVIS_KEYS[-1][2:]} detections per image): "
