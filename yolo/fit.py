@@ -208,8 +208,8 @@ def _setup(cfg, resume, device, rank, world_size) -> tuple[dict, dict]:
     ckpt = _resume_checkpoint(resume, cfg, classes) if resume else None
     check_user_losses(cfg.loss, len(classes))       # imports the module a config names; checks it on random logits
     train_loader, val_loader = build_loaders(cfg, root, classes, rank, world_size, device)
-    choice = _choose_runtime(cfg, device, len(classes), train_loader.batch_size, ckpt)
-    model = build_model(cfg.model, len(classes)).to(device)
+    model = build_model(cfg.model, len(classes)).to(device)     # first: missing weights refuse the run at once
+    choice = _choose_runtime(cfg, device, len(classes), train_loader.batch_size, ckpt)   # forks the RNG
     if choice.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.train)
