@@ -1,4 +1,4 @@
-"""Tests of yolo.data.coco's writer: records -> COCO ground truth (pixel-edge boxes, difficult = iscrowd ignore
+"""Tests of yolo.data.coco_gt: records -> COCO ground truth (pixel-edge boxes, difficult = iscrowd ignore
 region), and the one-pixel fix of VOC boxes."""
 import contextlib
 import io
@@ -13,7 +13,7 @@ from pycocotools.cocoeval import COCOeval
 
 from yolo.boxes import voc_to_xyxy
 from yolo.coco_eval import COCO_KEYS, eval_split
-from yolo.data.coco import detections_to_coco, image_id_map, main, records_to_coco
+from yolo.data.coco_gt import detections_to_coco, image_id_map, main, records_to_coco
 from yolo.data.record import Categories, Split
 from yolo.data.record import make_record as record
 from yolo.data.voc import VOC_CLASSES

@@ -188,8 +188,7 @@ def time_candidates(cfg, device: torch.device, num_classes: int, batch_size: int
 def _candidate_step(cfg, device, num_classes: int, batch_size: int, amp: str, channels_last: bool):
     """One training step of a fresh model of ``cfg`` in ``amp`` / ``channels_last``, as a function."""
     from yolo.bench.common import synthetic_batch
-    from yolo.engine import train_step
-    from yolo.fit import build_optimizer
+    from yolo.engine import build_optimizer, train_step
     from yolo.losses import init_loss_state
     from yolo.model import build_model
     model = build_model(dataclasses.replace(cfg.model, pretrained="none"), num_classes).to(device)

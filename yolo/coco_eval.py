@@ -1,7 +1,7 @@
 """COCO-style box AP/AR through pycocotools or faster-coco-eval, and LVIS's federated evaluation.
 
 Ground truth is the dataset's own JSON for a COCO dataset (so the numbers equal pycocotools run on that file with
-the written results), else the records converted by ``yolo.data.coco.records_to_coco`` (ignored objects as
+the written results), else the records converted by ``yolo.data.coco_gt.records_to_coco`` (ignored objects as
 ``iscrowd`` ignore regions). Detections carry the dataset's ids and pixel-edge ``[x, y, w, h]`` boxes.
 
 LVIS (Gupta et al., CVPR 2019): a split whose images list ``neg_category_ids`` / ``not_exhaustive_category_ids`` is
@@ -14,7 +14,7 @@ import contextlib
 import copy
 import io
 
-from yolo.data.coco import detections_to_coco, image_id_map, records_to_coco
+from yolo.data.coco_gt import detections_to_coco, image_id_map, records_to_coco
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 LVIS_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf", "AR300")

@@ -23,7 +23,7 @@ from yolo.data.transforms import SSD_MIN_IOUS, eval_transform, train_transform
 from yolo.data.dataset import DetectionDataset
 from yolo.data.layout import load_role, read_categories, require_complete
 from yolo.data.record import DatasetError
-from yolo.engine import ModelEMA, evaluate, merge_epoch_results, sigmoid_scoring, train_one_epoch
+from yolo.engine import ModelEMA, build_optimizer, evaluate, merge_epoch_results, sigmoid_scoring, train_one_epoch
 from yolo.hardware import deterministic_algorithms, log_precision, precision_name
 from yolo.losses import check_user_losses, init_loss_state, load_loss_state
 from yolo.model import build_model
@@ -103,20 +103,6 @@ def evaluation_dataset(cfg, split) -> DetectionDataset:
     require_complete(split, cfg.eval.skip_unreadable)
     return DetectionDataset.of_split(split, eval_transform(cfg.data.img_size, cfg.data.eval_resize),
                                      keep_difficult=True, substitute=False)
-
-
-def build_optimizer(model, tcfg) -> torch.optim.Optimizer:
-    """SGD (or AdamW); no weight decay on biases and normalisation weights (they are 1-D).
-
-    The fused implementations update every parameter in one kernel: on 2 CPU cores the AdamW step of this
-    12.6 M-parameter model takes 5.5 ms fused against 21.6 ms with ``foreach`` (SGD 3.6 against 9.9 ms).
-    """
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if tcfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=tcfg.lr, momentum=tcfg.momentum, nesterov=False, fused=True)
-    return torch.optim.AdamW(groups, lr=tcfg.lr, fused=True)
 
 
 def lr_factor(step: int, steps_per_epoch: int, tcfg) -> float:

@@ -38,8 +38,7 @@ def run_data(args) -> list[dict]:
 def _training_step(cfg, device, num_classes: int, choice):
     """``step(images, boxes, labels)``: the training step of ``cfg`` (model, fused optimizer, compile) with the
     precision and memory format of ``choice`` (a ``yolo.autotune.Choice``)."""
-    from yolo.engine import train_step
-    from yolo.fit import build_optimizer
+    from yolo.engine import build_optimizer, train_step
     from yolo.losses import init_loss_state
     from yolo.model import build_model
 

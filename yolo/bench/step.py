@@ -19,8 +19,7 @@ def make_step(device, batch: int, size: int, amp: str, channels_last: bool, comp
               cls_loss: str = "ce"):
     """``(step, eager_step)``: one ``yolo.engine.train_step`` (forward, assignment, every loss term, backward, the
     fused SGD of the VOC recipe) on a fixed synthetic batch; ``eager_step`` skips torch.compile (for counting)."""
-    from yolo.engine import train_step
-    from yolo.fit import build_optimizer
+    from yolo.engine import build_optimizer, train_step
     from yolo.model import YOLO
 
     cfg = Config()
