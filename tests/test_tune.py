@@ -202,9 +202,13 @@ def test_a_running_trial_is_orphaned_only_when_its_worker_is_gone(monkeypatch):
     def trial(worker_id, beat):
         return optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING,
                                          user_attrs={"worker": worker_id, "heartbeat": beat})
-    alive = f"{study.socket.gethostname()}:{os.getpid()}"
+    alive = study.worker_id()
     assert not study.orphaned(trial(alive, now - 60), now)
+    assert not study.orphaned(trial(alive, now - study.STALE_S - 1), now)        # paused (SIGSTOP, asleep): alive
     assert study.orphaned(trial(alive, 0.0), now)                                  # released
+    host, pid, start = alive.split(":")
+    assert start.isdigit() and study.orphaned(trial(f"{host}:{pid}:{int(start) - 1}", now - 60), now)  # pid reused
+    assert not study.orphaned(trial(f"{host}:{pid}", now - study.STALE_S - 1), now)   # an id without start time
     assert study.orphaned(trial("elsewhere:123", now - study.STALE_S - 1), now)    # a machine that died
     assert not study.orphaned(trial("elsewhere:123", now - 60), now)              # another host, beating
     dead = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(0,))

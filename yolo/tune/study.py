@@ -8,9 +8,12 @@ its values and resumes its run's ``last.pt`` where that exists), else a new tria
 trials, until every row has the same number (the equal budget). Claiming is the only step that needs the lock;
 ``tell`` is a single journal append.
 
-A worker proves it is alive with a heartbeat (a user attribute it rewrites every ``HEARTBEAT_S``). A running trial
-is orphaned when its worker released it (stopped by a signal), when its worker was a process of this host that
-no longer exists, or when its heartbeat is older than ``STALE_S`` (a machine that died).
+A running trial is orphaned when its worker released it (stopped by a signal); when its worker was a process of
+this host that no longer runs (its pid gone, or taken by a later process: the id holds the process's start time);
+or, for a worker of another host, when the heartbeat it rewrites every ``HEARTBEAT_S`` is older than ``STALE_S``
+(a machine that died). A live process of this host is never taken over, however old its heartbeat: a worker
+paused (SIGSTOP, Ctrl-Z, a machine asleep) continues its own run when it wakes, and two processes must never train
+one run folder.
 """
 import contextlib
 import dataclasses
@@ -136,23 +139,39 @@ def claim_lock(path: Path):
 
 
 def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """``host:pid:start``; ``start`` (the process's start time in clock ticks since boot, on Linux) tells this
+    process from a later one that reuses its pid."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_ticks(os.getpid())}"
+
+
+def _start_ticks(pid: int) -> str:
+    """Field 22 of ``/proc/PID/stat`` ('' where there is none: another OS, or the process is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rpartition(")")[2].split()[19]       # after the command name, which may hold spaces: field 3 on
 
 
 def orphaned(trial: optuna.trial.FrozenTrial, now: float) -> bool:
     """Whether a running ``trial`` has no live worker (see the module docstring)."""
     worker, beat = trial.user_attrs.get("worker", ""), trial.user_attrs.get("heartbeat", 0.0)
-    host, _, pid = worker.rpartition(":")
-    if beat == 0.0 or now - beat > STALE_S:
-        return True
+    if beat == 0.0:
+        return True                                  # released by its worker
+    host, pid, start = (worker.split(":") + ["", ""])[:3]
     if host == socket.gethostname() and pid.isdigit():
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-    return False
+        return not _running(int(pid), start)
+    return now - beat > STALE_S
+
+
+def _running(pid: int, start: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass                                         # another user's process: it exists
+    return not start or _start_ticks(pid) == start
 
 
 def trial_counts(tuning: Tuning) -> dict:
