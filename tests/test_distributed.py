@@ -248,6 +248,37 @@ def test_two_ranks_train_as_one_process_with_the_same_global_batch_and_score_eac
     assert results["val"]["voc07_map50"] == pytest.approx(metrics["voc07_map50"], abs=1e-6)
 
 
+def _train_recording_the_error(rank, world_size, port, cfg_dict, out_dir):
+    from yolo.config import from_dict
+    from yolo.data.layout import UnreadableImages
+    from yolo.fit import fit
+    _as_rank(rank, world_size, port)
+    try:
+        fit(from_dict(cfg_dict), progress=False)
+        outcome = "finished"
+    except UnreadableImages as exc:
+        outcome = str(exc)
+    Path(out_dir, f"rank{rank}.txt").write_text(outcome)
+
+
+def test_an_image_that_fails_to_decode_in_rank_1s_shard_stops_every_rank_with_its_path(tiny_config, shapes_root,
+                                                                                      tmp_path):
+    """Rank 0 alone scores the gathered detections: it used to raise alone, and rank 1, waiting for the metrics,
+    died on the closed connection without the message."""
+    root = tmp_path / "copy"
+    shutil.copytree(shapes_root, root)
+    val_ids = (root / "VOCshapes" / "ImageSets" / "Main" / "val.txt").read_text().split()
+    image = root / "VOCshapes" / "JPEGImages" / f"{val_ids[1]}.jpg"       # rank 1 infers images 1, 3, ...
+    image.write_bytes(image.read_bytes()[:300])                           # a header that reads, pixels that do not
+    cfg = tiny_config
+    cfg.data.root = str(root)
+    cfg.train.amp, cfg.train.channels_last = "none", False
+    assert _run_ranks(_train_recording_the_error, cfg.to_dict(), str(tmp_path)) == [0, 0]
+    for rank in (0, 1):
+        outcome = (tmp_path / f"rank{rank}.txt").read_text()
+        assert f"{val_ids[1]}.jpg (failed to decode)" in outcome and "--skip-unreadable true" in outcome
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # plumbing
 

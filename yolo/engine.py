@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from yolo.data.layout import require_complete
+from yolo.data.layout import UnreadableImages, require_complete
 from yolo.data.transforms import to_original
 from yolo.decode import decode
 from yolo.distributed import broadcast_object, gather_to_main
@@ -298,12 +298,19 @@ def evaluate(model, loader, cfg, *, device, sigmoid_cls: bool, amp_dtype=None, c
     results = pr_curves = None
     if detections is not None:
         split = loader.dataset.split
-        require_complete(split, cfg.eval.skip_unreadable, unreadable)
-        results, pr_curves = evaluate_detections(split, detections, coco_backend=cfg.eval.coco_backend,
-                                                 unreadable=unreadable)
-        logger.info("evaluated %d images in %.1f s (inference %.1f s)", len(loader.dataset.records),
-                    time.perf_counter() - tic, inference_s)
-    return broadcast_object(results), pr_curves, detections
+        try:
+            require_complete(split, cfg.eval.skip_unreadable, unreadable)
+        except UnreadableImages as error:
+            results = error         # sent to every rank, which raises it: the others wait in the broadcast
+        else:
+            results, pr_curves = evaluate_detections(split, detections, coco_backend=cfg.eval.coco_backend,
+                                                     unreadable=unreadable)
+            logger.info("evaluated %d images in %.1f s (inference %.1f s)", len(loader.dataset.records),
+                        time.perf_counter() - tic, inference_s)
+    results = broadcast_object(results)
+    if isinstance(results, UnreadableImages):
+        raise results
+    return results, pr_curves, detections
 
 
 def sigmoid_scoring(cfg, epoch: int) -> bool:
