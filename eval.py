@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 from yolo.checkpoint import load_checkpoint
-from yolo.config import ConfigError, add_config_args, config_from_args
+from yolo.config import add_config_args, config_from_args
+from yolo.errors import ConfigError
 from yolo.metrics import DetectionsFormatError, evaluate_detections, format_results, load_detections, save_detections
 
 

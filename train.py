@@ -22,7 +22,8 @@ import sys
 from yolo.checkpoint import CheckpointWriteError, load_checkpoint
 from yolo.cluster import (JobFailed, JobSpec, TrainJob, add_cluster_args, job_failure, job_log, make_executor,
                           parse_slurm_params)
-from yolo.config import ConfigError, add_config_args, config_from_args
+from yolo.config import add_config_args, config_from_args
+from yolo.errors import ConfigError
 from yolo.engine import NonFiniteLoss
 from yolo.fit import fit
 from yolo.losses.user import refuse_code_named_by_checkpoint

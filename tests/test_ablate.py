@@ -31,7 +31,8 @@ from yolo.ablate.spec import load_ablation
 from yolo.ablate.stats import (holm, min_detectable_difference, paired_difference, summarize, verdict,
                                wilcoxon_floor)
 from yolo.ablate.tables import CSV_COLUMNS, last_quarter_gain, summarize_tables
-from yolo.config import Config, ConfigError
+from yolo.config import Config
+from yolo.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "configs" / "ablation"

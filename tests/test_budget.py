@@ -9,7 +9,8 @@ from conftest import request_stop_at_step
 from yolo import budget
 from yolo.budget import evaluations, make_plan, plan_epochs
 from yolo.checkpoint import load_checkpoint
-from yolo.config import ConfigError, TrainConfig, parse_duration
+from yolo.config import TrainConfig, parse_duration
+from yolo.errors import ConfigError
 from yolo.fit import fit
 
 

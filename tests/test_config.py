@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from yolo.config import Config, ConfigError, add_config_args, config_from_args, from_dict, load_yaml, save_yaml
+from yolo.config import Config, add_config_args, config_from_args, from_dict, load_yaml, save_yaml
+from yolo.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -305,7 +305,7 @@ def test_wrappers_unwrap_in_either_order(tmp_path):
 @pytest.mark.parametrize("visible,local_rank,expected", [(4, 3, 3), (1, 3, 0), (1, 0, 0), (2, 3, None)])
 def test_each_rank_takes_its_gpu_or_the_one_it_sees(monkeypatch, visible, local_rank, expected):
     from yolo import distributed
-    from yolo.config import ConfigError
+    from yolo.errors import ConfigError
     chosen = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)

@@ -9,7 +9,8 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from yolo.config import Config, ConfigError, LossConfig, validate
+from yolo.config import Config, LossConfig, validate
+from yolo.errors import ConfigError
 from yolo.losses import (CLS_LOSSES, detection_loss, efl_logit_grad, equalized_focal, init_loss_state,
                          load_loss_state, poly1_cross_entropy, poly1_focal, seesaw, sigmoid_focal)
 from yolo.targets import assign_targets, make_grid

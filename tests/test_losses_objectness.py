@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import box_iou
 
-from yolo.config import Config, ConfigError, LossConfig, validate
+from yolo.config import Config, LossConfig, validate
+from yolo.errors import ConfigError
 from yolo.losses import (binary_focal, detection_loss, elementwise_iou, iou_target, objectness_bce, objectness_mse,
                          quality_focal, varifocal)
 from yolo.targets import assign_targets, make_grid

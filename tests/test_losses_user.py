@@ -11,7 +11,8 @@ import torch
 
 from conftest import tiny_args
 from yolo.ablate.plan import config_hash, hashed_config
-from yolo.config import Config, ConfigError, validate
+from yolo.config import Config, validate
+from yolo.errors import ConfigError
 from yolo.engine import train_step
 from yolo.losses import check_user_losses, detection_loss
 from yolo.model import YOLO

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from conftest import tiny_args
-from yolo.config import ConfigError, LossConfig, ModelConfig
+from yolo.config import LossConfig, ModelConfig
+from yolo.errors import ConfigError
 from yolo.decode import decode
 from yolo.losses import CLS_LOSSES, CONF_LOSSES, SIGMOID_CLS_LOSSES, detection_loss, init_loss_state, prior_bias
 from yolo.model import YOLO, build_model, imagenet_state_dict, load_backbone

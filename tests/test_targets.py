@@ -123,7 +123,7 @@ def test_single_level_grid_needs_no_thresholds():
 
 @pytest.mark.parametrize("seed", range(5))
 def test_vectorised_assignment_equals_the_reference_loop(seed):
-    from yolo.bench.common import synthetic_batch
+    from yolo.timing import synthetic_batch
     from yolo.bench.targets import assign_targets_loop
     grid = make_grid((SIZE, SIZE), STRIDES)
     _, boxes, labels = synthetic_batch(6, SIZE, 20, torch.device("cpu"), boxes_per_image=24, seed=seed)

@@ -216,7 +216,7 @@ def test_train_without_voc_explains_how_to_get_data_and_leaves_nothing_behind(tm
 
 
 def test_a_failed_start_creates_no_run_folder(tiny_config, tmp_path):
-    from yolo.config import ConfigError
+    from yolo.errors import ConfigError
     (tmp_path / "empty").mkdir()
     tiny_config.data.dataset, tiny_config.data.root = "voc", str(tmp_path / "empty")
     with pytest.raises(ConfigError, match="no dataset at .*empty: expected .*; found an empty folder"):

@@ -18,7 +18,7 @@ from yolo.ablate.plan import plan_runs
 from yolo.ablate.spec import load_ablation
 from yolo.ablate.stats import expected_max
 from yolo.cluster import RunInterrupted
-from yolo.config import ConfigError
+from yolo.errors import ConfigError
 from yolo.tune import report, study, worker
 from yolo.tune.cli import main
 from yolo.tune.space import parse_space

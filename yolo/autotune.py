@@ -29,6 +29,7 @@ import torch
 
 from yolo import hardware
 from yolo.hardware import AMP_DTYPES, autocast_dtype, native_bf16, precision_name
+from yolo.timing import sync, synthetic_batch
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +169,6 @@ def time_candidates(cfg, device: torch.device, num_classes: int, batch_size: int
     each, then ``steps`` rounds that time one step of every candidate in turn (a machine whose load changes
     meanwhile slows them all alike). The generators of the run are left as they were (the models are initialised
     under ``torch.random.fork_rng``). Eager: ``train.compile`` is not timed."""
-    from yolo.bench.common import sync
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         runs = [_candidate_step(cfg, device, num_classes, batch_size, amp, layout) for amp, layout in options]
         for run in runs:
@@ -187,7 +187,6 @@ def time_candidates(cfg, device: torch.device, num_classes: int, batch_size: int
 
 def _candidate_step(cfg, device, num_classes: int, batch_size: int, amp: str, channels_last: bool):
     """One training step of a fresh model of ``cfg`` in ``amp`` / ``channels_last``, as a function."""
-    from yolo.bench.common import synthetic_batch
     from yolo.engine import build_optimizer, train_step
     from yolo.losses import init_loss_state
     from yolo.model import build_model

@@ -13,6 +13,8 @@ import time
 
 import torch
 
+from yolo.timing import sync
+
 logger = logging.getLogger(__name__)
 
 PLAN_WARMUP_STEPS = 5
@@ -82,7 +84,6 @@ def describe(plan: dict, scheduler: str) -> str:
 def time_evaluation(model, loader, cfg, *, device, amp_dtype, channels_last: bool, sigmoid_cls: bool) -> float:
     """Seconds one evaluation of ``loader``'s split should take on this rank: the network and decoding timed on up
     to ``EVAL_PROBE_BATCHES`` batches (after one untimed), scaled to the rank's shard, times ``EVAL_OVERHEAD``."""
-    from yolo.bench.common import sync
     from yolo.engine import predict
     model.eval()
     seconds, images = 0.0, 0

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from yolo.config import ConfigError
+from yolo.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import submitit
 
-from yolo.config import ConfigError
+from yolo.errors import ConfigError
 from yolo.fit import fit
 from yolo.stop import StopRequest
 

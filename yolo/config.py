@@ -17,9 +17,8 @@ from pathlib import Path
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration key or value that is not allowed."""
+from yolo.errors import ConfigError
+from yolo.losses import check_loss_config
 
 
 @dataclass
@@ -237,8 +236,6 @@ def _update_section(section, name: str, values: dict, source: str):
 
 def validate(cfg: Config) -> Config:
     """Check values (choices, ranges, loss names) after all overrides were applied."""
-    from yolo.losses import check_loss_config
-
     for (section, key), allowed in CHOICES.items():
         value = getattr(getattr(cfg, section), key)
         if value not in allowed:

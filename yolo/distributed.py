@@ -5,7 +5,7 @@ import socket
 import torch
 import torch.distributed as dist
 
-from yolo.config import ConfigError
+from yolo.errors import ConfigError
 
 
 def init_distributed(device: torch.device) -> tuple[int, int]:

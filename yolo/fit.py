@@ -16,7 +16,8 @@ from yolo import autotune, budget, distributed
 from yolo.budget import planned_schedule
 from yolo.checkpoint import (CheckpointError, atomic_save, load_checkpoint, rng_state, seed_everything,
                              set_rng_state)
-from yolo.config import ConfigError, check_resume, from_dict, parse_duration, save_yaml
+from yolo.config import check_resume, from_dict, parse_duration, save_yaml
+from yolo.errors import ConfigError
 from yolo.data.loader import build_loader, resolve_workers
 from yolo.data.shapes import ensure_shapes
 from yolo.data.transforms import SSD_MIN_IOUS, eval_transform, train_transform

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import torchvision
 
 from yolo.checkpoint import CheckpointError, safe_load
-from yolo.config import ConfigError
+from yolo.errors import ConfigError
 from yolo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from yolo.losses import prior_bias
 

@@ -16,7 +16,7 @@ from yolo.ablate.results import stale_results
 from yolo.ablate.spec import Ablation, load_ablation
 from yolo.ablate.tables import collect_rows, summarize_tables
 from yolo.cluster import JobSpec, add_cluster_args, parse_slurm_params
-from yolo.config import ConfigError
+from yolo.errors import ConfigError
 
 
 def run_ablation(ablation: Ablation, output_dir, *, results_dir=None, jobs: int = 1,

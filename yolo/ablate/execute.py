@@ -21,7 +21,7 @@ import torch
 from yolo.ablate.plan import PROTOCOL_VERSION, Run, config_hash
 from yolo.ablate.results import code_revision, missing_scores, read_result, score_key, write_result
 from yolo.ablate.spec import METRIC, scored_with
-from yolo.config import ConfigError
+from yolo.errors import ConfigError
 from yolo.checkpoint import load_checkpoint
 from yolo.cluster import RunInterrupted
 from yolo.distributed import local_device

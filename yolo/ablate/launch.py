@@ -24,7 +24,7 @@ from yolo.ablate.execute import (LOG_FORMAT, Progress, cached_results, check_pre
 from yolo.ablate.plan import Run
 from yolo.ablate.results import missing_scores, read_result
 from yolo.cluster import JobSpec, job_failure, job_log, make_executor, run_preemptible
-from yolo.config import ConfigError
+from yolo.errors import ConfigError
 from yolo.hardware import cores_per_run
 
 logger = logging.getLogger(__name__)

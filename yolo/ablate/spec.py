@@ -19,7 +19,8 @@ from pathlib import Path
 import yaml
 
 from yolo.ablate.buckets import check_buckets
-from yolo.config import Config, ConfigError, EvalConfig, load_yaml, update, validate
+from yolo.config import Config, EvalConfig, load_yaml, update, validate
+from yolo.errors import ConfigError
 
 METRIC = "voc07_map50"            # what the tables compare: VOC07 11-point mAP@0.5 on the test split
 SELECTIONS = ("final", "best_val")

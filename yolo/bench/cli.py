@@ -7,7 +7,7 @@ import sys
 import torch
 
 from yolo.bench.autotune import run_autotune
-from yolo.bench.common import machine
+from yolo.timing import machine
 from yolo.bench.gpu import run_gpu
 from yolo.bench.pipeline import run_data, run_eval, run_train
 from yolo.bench.step import run_gemm, run_profile, run_step

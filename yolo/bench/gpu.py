@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from yolo.bench.common import machine
+from yolo.timing import machine
 from yolo.bench.pipeline import bench_train
 from yolo.bench.step import bench_step, gemm_rate, profile_step
 from yolo.config import Config, load_yaml, update, validate

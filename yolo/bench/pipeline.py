@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from yolo.bench.common import peak_memory_mb, sync, time_iterations
+from yolo.timing import peak_memory_mb, sync, time_iterations
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from yolo.bench.common import peak_memory_mb, sync, synthetic_batch, time_iterations
+from yolo.timing import peak_memory_mb, sync, synthetic_batch, time_iterations
 from yolo.config import Config
 from yolo.hardware import autocast_dtype, native_bf16, precision_name
 

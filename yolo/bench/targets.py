@@ -4,7 +4,7 @@ import statistics
 
 import torch
 
-from yolo.bench.common import synthetic_batch, time_iterations
+from yolo.timing import synthetic_batch, time_iterations
 
 
 def assign_targets_loop(boxes_xyxy, labels, grid, image_hw, thresholds) -> dict:

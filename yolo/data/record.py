@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from yolo.config import ConfigError
+from yolo.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

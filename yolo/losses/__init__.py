@@ -19,12 +19,11 @@ from yolo.losses.detection import check_loss_config, check_user_losses, detectio
 from yolo.losses.longtail import efl_logit_grad, equalized_focal, seesaw
 from yolo.losses.objectness import (CONF_LOSSES, binary_focal, binary_soft_truncated, objectness_bce,
                                     objectness_mse, quality_focal, varifocal)
-from yolo.losses.reference import focal_table
 from yolo.losses.state import STATE_KEYS, init_loss_state, load_loss_state, update_loss_state
 
 __all__ = ["BOX_LOSSES", "CLS_LOSSES", "CONF_LOSSES", "SIGMOID_CLS_LOSSES", "STATE_KEYS", "binary_focal",
            "binary_soft_truncated", "box_giou", "box_yolov1", "check_loss_config", "check_user_losses",
-           "cross_entropy", "detection_loss", "efl_logit_grad", "elementwise_iou", "equalized_focal", "focal_table",
+           "cross_entropy", "detection_loss", "efl_logit_grad", "elementwise_iou", "equalized_focal",
            "get_loss", "hard_truncated_ce", "init_loss_state", "iou_target", "load_loss_state", "objectness_bce",
            "objectness_mse", "poly1_cross_entropy", "poly1_focal", "prior_bias", "quality_focal", "seesaw",
            "sigmoid_focal", "soft_truncated_ce", "softmax_focal", "softmax_modified_focal", "update_loss_state",

@@ -9,7 +9,7 @@ import sys
 import torch
 
 from yolo.boxes import decode_cell
-from yolo.config import ConfigError
+from yolo.errors import ConfigError
 from yolo.losses.box import BOX_LOSSES, elementwise_iou
 from yolo.losses.classification import CLS_LOSSES
 from yolo.losses.common import _f32, bind_hparams

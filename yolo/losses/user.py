@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from yolo.config import ConfigError
+from yolo.errors import ConfigError
 from yolo.losses.common import bind_hparams
 
 USER_LOSS_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")

@@ -11,7 +11,7 @@ from yolo.ablate.cli import parse_devices, run_ablation
 from yolo.ablate.execute import LOG_FORMAT, RunInterrupted, check_precision
 from yolo.ablate.spec import load_ablation
 from yolo.cluster import JobSpec, add_cluster_args, parse_slurm_params
-from yolo.config import ConfigError
+from yolo.errors import ConfigError
 from yolo.tune.report import read_best, seeds_ablation, write_tuning_report
 from yolo.tune.study import open_tuning, trial_run
 from yolo.tune.worker import submit_workers, work, work_in_processes

@@ -17,7 +17,8 @@ import math
 
 import optuna
 
-from yolo.config import Config, ConfigError, update, validate
+from yolo.config import Config, update, validate
+from yolo.errors import ConfigError
 
 KINDS = ("uniform", "log_uniform", "int", "choice")
 

@@ -30,7 +30,7 @@ import optuna
 
 from yolo.ablate.plan import DataFingerprints, Run, make_run
 from yolo.ablate.spec import METRIC, Ablation, Variant
-from yolo.config import ConfigError
+from yolo.errors import ConfigError
 from yolo.tune.space import check_space, parse_space, with_params
 
 logger = logging.getLogger(__name__)

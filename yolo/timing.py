@@ -1,4 +1,5 @@
-"""What every benchmark shares: where it ran, timing with device synchronisation, peak memory, a synthetic batch."""
+"""What timings share (the benchmarks, the autotune, the time budget): synchronisation, repeated timing, peak
+memory, a synthetic batch, and the line that says where they ran."""
 import resource
 import time
 
