@@ -258,6 +258,8 @@ def _train_recording_the_error(rank, world_size, port, cfg_dict, out_dir):
         outcome = "finished"
     except UnreadableImages as exc:
         outcome = str(exc)
+    except Exception as exc:    # anything else is a failure the test shows with its rank
+        outcome = f"{type(exc).__name__}: {exc}"
     Path(out_dir, f"rank{rank}.txt").write_text(outcome)
 
 
@@ -276,7 +278,8 @@ def test_an_image_that_fails_to_decode_in_rank_1s_shard_stops_every_rank_with_it
     assert _run_ranks(_train_recording_the_error, cfg.to_dict(), str(tmp_path)) == [0, 0]
     for rank in (0, 1):
         outcome = (tmp_path / f"rank{rank}.txt").read_text()
-        assert f"{val_ids[1]}.jpg (failed to decode)" in outcome and "--skip-unreadable true" in outcome
+        assert f"{val_ids[1]}.jpg (failed to decode)" in outcome and "--skip-unreadable true" in outcome, \
+            f"rank {rank}: {outcome}"
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Batching: collate padding, the epoch sampler (order, resume, shards) and worker-independent batches."""
-from pathlib import Path
+import os
 
 import numpy as np
 import pytest
@@ -163,9 +163,10 @@ def test_measure_loader_throughput_counts_images(dataset):
     assert result["images"] == 20 and result["seconds"] > 0
     assert result["images_per_s"] == pytest.approx(20 / result["seconds"])
     assert result["images_per_s_per_worker"] == result["images_per_s"]
-    if Path("/proc/self/stat").exists():
-        assert result["cpu_seconds"] > 0
-        assert result["images_per_cpu_s"] == pytest.approx(20 / result["cpu_seconds"])
+    # in-process loading is timed with this process's CPU clock, exact even for 20 tiny images (the /proc
+    # ticks of 10 ms used to read 0 when they took under a tick)
+    assert 0 < result["cpu_seconds"] < 2 * result["seconds"] * os.cpu_count()
+    assert result["images_per_cpu_s"] == pytest.approx(20 / result["cpu_seconds"])
 
 
 def test_measure_sample_costs_reports_each_stage(dataset):

@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from yolo.data.layout import UnreadableImages, require_complete
 from yolo.data.transforms import to_original
 from yolo.decode import decode
-from yolo.distributed import broadcast_object, gather_to_main
+from yolo.distributed import barrier, broadcast_object, gather_to_main
 from yolo.losses import SIGMOID_CLS_LOSSES, detection_loss
 from yolo.metrics import detections_from_xyxy, evaluate_detections
 from yolo.targets import assign_targets, make_grid
@@ -309,6 +309,7 @@ def evaluate(model, loader, cfg, *, device, sigmoid_cls: bool, amp_dtype=None, c
                         time.perf_counter() - tic, inference_s)
     results = broadcast_object(results)
     if isinstance(results, UnreadableImages):
+        barrier()       # rank 0 tears its process group down as it raises: not before every rank has the error
         raise results
     return results, pr_curves, detections
 

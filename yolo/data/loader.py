@@ -9,6 +9,7 @@ Benchmark (images/s of the training pipeline, per worker)::
     python -m yolo.bench data --data-root ../shared/voc-sample \
         --data 2007:trainval+2007:test+2012:trainval --size 416 --workers 0 1 2
 """
+import functools
 import itertools
 import logging
 import math
@@ -271,7 +272,7 @@ def measure_loader_throughput(dataset, batch_size: int, num_workers: int, num_ba
     Cycles epochs as needed. With ``num_workers=0`` the work runs in this process with OpenCV limited to
     one thread, so ``images_per_s_per_worker`` is per core in every case. ``images_per_cpu_s`` divides by
     the CPU time the loading processes (the workers, or this process) actually got, which stays meaningful
-    on a machine shared with other jobs (None where ``/proc`` is unavailable).
+    on a machine shared with other jobs (with workers, None where ``/proc`` is unavailable).
     """
     loader = build_loader(dataset, batch_size, train=True, num_workers=num_workers, seed=0, pin_memory=False)
     previous_threads = cv2.getNumThreads()
@@ -281,10 +282,12 @@ def measure_loader_throughput(dataset, batch_size: int, num_workers: int, num_ba
         batches = cycle_epochs(loader)
         for _ in range(warmup):
             next(batches)
-        pids = [os.getpid()] if num_workers == 0 else [p.pid for p in multiprocessing.active_children()]
-        cpu_start, start = _cpu_seconds(pids), time.perf_counter()
+        # this process's own clock is exact; /proc counts the workers' time in 10 ms ticks
+        pids = [p.pid for p in multiprocessing.active_children()]
+        cpu_clock = time.process_time if num_workers == 0 else functools.partial(_cpu_seconds, pids)
+        cpu_start, start = cpu_clock(), time.perf_counter()
         images = sum(len(next(batches)[0]) for _ in range(num_batches))
-        seconds, cpu_end = time.perf_counter() - start, _cpu_seconds(pids)
+        seconds, cpu_end = time.perf_counter() - start, cpu_clock()
     finally:
         cv2.setNumThreads(previous_threads)
         del loader    # shuts the persistent workers down
