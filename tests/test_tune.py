@@ -145,6 +145,18 @@ def test_expected_max_equals_the_enumeration_of_every_draw():
         assert expected_max(values, n) == pytest.approx((np.mean(maxima), np.std(maxima)))
 
 
+def test_expected_max_curve_stops_at_the_trials_a_row_has_finished():
+    trials = {"done": [{"state": "COMPLETE", "value": v} for v in (0.61, 0.55, 0.70)],
+              "tuning": [{"state": "COMPLETE", "value": 0.5}, {"state": "FAIL", "value": None},
+                         {"state": "RUNNING", "value": None}],
+              "nothing": [{"state": "RUNNING", "value": None}]}
+    curves = report.expected_max_curves(trials, budget=3)
+    assert curves["done"] == [pytest.approx(expected_max([0.61, 0.55, 0.70], n)) for n in (1, 2, 3)]
+    assert curves["tuning"] == [pytest.approx((0.5, 0.0))]     # one completed trial: n = 1 only
+    assert "nothing" not in curves
+    assert len(report.expected_max_curves(trials, budget=2)["done"]) == 2
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the study: equal budget, resume from the journal on a fresh clone, workers sharing it
 

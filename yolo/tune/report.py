@@ -71,12 +71,14 @@ def seeds_ablation(ablation: Ablation, tune_spec, best: dict, seeds: int | None 
 
 
 def expected_max_curves(trials: dict, budget: int) -> dict:
-    """{row: [(mean, std) of the best val mAP after n = 1..budget trials]} from each row's completed trials."""
+    """{row: [(mean, std) of the best val mAP after n trials]} from each row's completed trials, for n = 1 up to
+    the number completed (at most ``budget``): past it the estimate only repeats the best value seen, so a row
+    still tuning shows no figure its trials have not earned."""
     curves = {}
     for row, items in trials.items():
         values = [t["value"] for t in items if t["state"] == "COMPLETE"]
         if values:
-            curves[row] = [expected_max(values, n) for n in range(1, budget + 1)]
+            curves[row] = [expected_max(values, n) for n in range(1, min(budget, len(values)) + 1)]
     return curves
 
 
