@@ -283,8 +283,8 @@ def measure_loader_throughput(dataset, batch_size: int, num_workers: int, num_ba
         for _ in range(warmup):
             next(batches)
         # this process's own clock is exact; /proc counts the workers' time in 10 ms ticks
-        workers = [p.pid for p in multiprocessing.active_children()] if num_workers else []
-        cpu_clock = functools.partial(_cpu_seconds, workers) if num_workers else time.process_time
+        cpu_clock = (functools.partial(_cpu_seconds, [p.pid for p in multiprocessing.active_children()])
+                     if num_workers else time.process_time)
         cpu_start, start = cpu_clock(), time.perf_counter()
         images = sum(len(next(batches)[0]) for _ in range(num_batches))
         seconds, cpu_end = time.perf_counter() - start, cpu_clock()
