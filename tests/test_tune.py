@@ -14,7 +14,9 @@ import optuna
 import pytest
 import yaml
 
+from yolo.ablate.execute import duration
 from yolo.ablate.plan import plan_runs
+from yolo.ablate.report import plain
 from yolo.ablate.spec import load_ablation
 from yolo.ablate.stats import expected_max
 from yolo.cluster import RunInterrupted
@@ -161,6 +163,14 @@ def test_expected_max_curve_stops_at_the_trials_a_row_has_finished():
 # the study: equal budget, resume from the journal on a fresh clone, workers sharing it
 
 
+def test_the_tuning_time_counts_a_trial_trained_two_at_a_time_as_half_its_wall_time():
+    trials = {"ce": [{"train_s": 3600.0, "runs_at_once": 2}, {"train_s": None, "runs_at_once": 1}],
+              "sigmoid_focal": [{"train_s": 1800.0, "runs_at_once": 1}]}      # None: still running
+    assert report._time_line(trials) == (
+        "Time: the 2 trials with a result file trained 1h 30m summed over the trials (as recorded when each ran), "
+        "about 1h 00m of wall time (a trial trained N at a time counts 1/N).")
+
+
 def test_every_row_gets_the_same_budget_and_a_stopped_study_resumes_on_a_fresh_clone(tmp_path, monkeypatch):
     ablation = load_ablation([_write(tmp_path / "t.yaml", _tiny(tmp_path, trials=3))])
     trained = []
@@ -302,6 +312,15 @@ def test_a_tiny_tuning_trains_its_trials_then_the_seeds_stage_and_reuses_everyth
     values = sorted(t.value for s in tuning.studies.values() for t in s.trials)
     assert values == sorted(max(h["voc07_map50"] for h in json.loads(p.read_text())["history"])
                             for p in trial_files)
+    train_s = {json.loads(p.read_text())["key"]: json.loads(p.read_text())["train_s"] for p in trial_files}
+    table = (results / "tuning.md").read_text()
+    assert (f"the 4 trials with a result file trained {duration(sum(train_s.values()))} summed over the trials"
+            in table)                           # one run at a time: its wall time is its training time
+    assert f"about {duration(sum(train_s.values()))} of wall time" in table
+    for s in tuning.studies.values():           # each trial's row shows its own result file's time
+        for t in s.trials:
+            cells = f" | {duration(train_s[t.user_attrs['run']])} | complete |"
+            assert f"{plain(t.value)}{cells}" in table or f"{plain(t.value)} **best**{cells}" in table
     seed_files = sorted((results / "runs").glob("*.json"))
     assert sorted(json.loads(p.read_text())["seed"] for p in seed_files) == [1, 1, 2, 2]
     assert "mAP per seed" in (results / "ablation.md").read_text()

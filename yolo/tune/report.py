@@ -7,26 +7,36 @@ search.
 """
 import copy
 import dataclasses
+import json
 from pathlib import Path
 
 import optuna
 import yaml
 
+from yolo.ablate.execute import duration
 from yolo.ablate.report import plain
 from yolo.ablate.spec import Ablation
 from yolo.ablate.stats import expected_max
 from yolo.tune.space import with_params
-from yolo.tune.study import FINISHED, Tuning
+from yolo.tune.study import FINISHED, TRIALS, Tuning
 
 BEST = "best.yaml"
 
 
 def row_trials(tuning: Tuning) -> dict:
-    """{row: [{"number", "state", "params", "value", "run", "error"}]} in trial order."""
-    return {row: [{"number": t.number, "state": t.state.name, "params": t.params, "value": t.value,
-                   "run": t.user_attrs.get("run"), "error": t.user_attrs.get("error")}
-                  for t in study.get_trials(deepcopy=False)]
+    """{row: [{"number", "state", "params", "value", "run", "error", "train_s", "runs_at_once"}]} in trial order;
+    the times come from the trial's result file (None while it has none)."""
+    return {row: [_trial_row(tuning, t) for t in study.get_trials(deepcopy=False)]
             for row, study in tuning.studies.items()}
+
+
+def _trial_row(tuning: Tuning, trial: optuna.trial.FrozenTrial) -> dict:
+    run = trial.user_attrs.get("run")
+    path = tuning.results_dir / TRIALS / "runs" / f"{run}.json"
+    result = json.loads(path.read_text()) if run and path.is_file() else {}
+    return {"number": trial.number, "state": trial.state.name, "params": trial.params, "value": trial.value,
+            "run": run, "error": trial.user_attrs.get("error"), "train_s": result.get("train_s"),
+            "runs_at_once": result.get("runs_at_once", 1)}
 
 
 def best_trials(tuning: Tuning) -> dict:
@@ -89,17 +99,18 @@ def format_tuning(tuning: Tuning, trials: dict, best: dict, curves: dict, comman
              f"Budget: {spec.trials} trials per row, sampler `{spec.sampler}` (seed {spec.sampler_seed}); "
              f"objective: the run's best val VOC07 mAP@0.5 (the test split is never read). The best trial of each "
              f"row is retrained with {spec.seeds} fresh seeds (train.seed + {spec.first_seed} ...): "
-             f"`ablation.md`.", ""]
+             f"`ablation.md`.", "", _time_line(trials), ""]
     for row, items in trials.items():
         finished = sum(t["state"] in ("COMPLETE", "FAIL") for t in items)
         lines += [f"## {row}: {finished} of {spec.trials} trials finished", "",
-                  "| trial | " + " | ".join(tuning.spaces[row]) + " | best val mAP | state |",
-                  "|---" * (len(tuning.spaces[row]) + 3) + "|"]
+                  "| trial | " + " | ".join(tuning.spaces[row]) + " | best val mAP | train time | state |",
+                  "|---" * (len(tuning.spaces[row]) + 4) + "|"]
         for t in items:
             mark = " **best**" if row in best and best[row]["trial"] == t["number"] else ""
             values = " | ".join(_value(t["params"].get(name)) for name in tuning.spaces[row])
             state = t["state"].lower() + (f": {t['error']}" if t["error"] else "")
-            lines.append(f"| {t['number']} | {values} | {plain(t['value'])}{mark} | {state} |")
+            train = "" if t["train_s"] is None else duration(t["train_s"])
+            lines.append(f"| {t['number']} | {values} | {plain(t['value'])}{mark} | {train} | {state} |")
         lines.append("")
     if curves:
         budget = max(len(c) for c in curves.values())
@@ -110,6 +121,17 @@ def format_tuning(tuning: Tuning, trials: dict, best: dict, curves: dict, comman
                                                       for c in curves.values()) + " |")
         lines += ["", "![expected best val mAP](expected_max.png)", ""]
     return "\n".join(lines)
+
+
+def _time_line(trials: dict) -> str:
+    """The trials' training time, summed and as wall time: a trial trained N at a time (``--jobs N``) shared the
+    machine, so it counts 1/N, as in the ablation report."""
+    timed = [t for items in trials.values() for t in items if t["train_s"] is not None]
+    summed = sum(t["train_s"] for t in timed)
+    wall = sum(t["train_s"] / t["runs_at_once"] for t in timed)
+    return (f"Time: the {len(timed)} trials with a result file trained {duration(summed)} summed over the trials "
+            f"(as recorded when each ran), about {duration(wall)} of wall time (a trial trained N at a time counts "
+            f"1/N).")
 
 
 def _value(value) -> str:
