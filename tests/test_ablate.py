@@ -466,7 +466,7 @@ def test_report_on_known_numbers(tmp_path):
              "num_runs": 6, "num_finished": 6, "seeds": 3, "missing": [], "stale": [], "machines": ["test machine"],
              "devices": ["cpu, bf16"], "revisions": ["abc123"], "selection": "`best_val`", "test": "shapes:test",
              "train": "shapes:train", "buckets": "rare: < 6, frequent: >= 6", "class_images": {},
-             "has_reference": True}
+             "has_reference": True, "tuned": {}}
     markdown = format_markdown(summary, setup)
     half = T_975_2 * 0.04 / math.sqrt(3)
     assert f"| CE | — | 0.7000 ± 0.0400 | [{0.70 - half:.4f}, {0.70 + half:.4f}] | 3 | 0.3500 ± 0.0200 |" \

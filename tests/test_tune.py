@@ -16,7 +16,7 @@ import yaml
 
 from yolo.ablate.execute import duration
 from yolo.ablate.plan import plan_runs
-from yolo.ablate.report import plain
+from yolo.ablate.report import param_text, plain
 from yolo.ablate.spec import load_ablation
 from yolo.ablate.stats import expected_max
 from yolo.cluster import RunInterrupted
@@ -323,7 +323,11 @@ def test_a_tiny_tuning_trains_its_trials_then_the_seeds_stage_and_reuses_everyth
             assert f"{plain(t.value)}{cells}" in table or f"{plain(t.value)} **best**{cells}" in table
     seed_files = sorted((results / "runs").glob("*.json"))
     assert sorted(json.loads(p.read_text())["seed"] for p in seed_files) == [1, 1, 2, 2]
-    assert "mAP per seed" in (results / "ablation.md").read_text()
+    seeds_md = (results / "ablation.md").read_text()
+    assert "mAP per seed" in seeds_md
+    for row, entry in report.read_best(results).items():     # the report says which values each row retrained
+        values = ", ".join(f"{k} {param_text(v)}" for k, v in entry["params"].items())
+        assert f"{row}: trial {entry['trial']} (val mAP {entry['value']:.4f}), {values}" in seeds_md
     before = {p: p.read_bytes() for p in results.rglob("*.json")}
     capsys.readouterr()
     assert main(["--config", str(tuning_file), "--output-dir", str(tmp_path / "out"), "--no-progress"]) == 0

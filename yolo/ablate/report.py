@@ -47,6 +47,7 @@ def describe_setup(ablation: Ablation, runs: list, results: dict, failures: dict
         "train": ", ".join(sorted({v.cfg.data.train for v in variants.values()})),
         "buckets": describe_edges(ablation.buckets), "class_images": dict(members),
         "has_reference": any(v.reference is not None for v in variants.values()),
+        "tuned": {v.label: v.tuned for v in variants.values() if v.tuned},
     }
 
 
@@ -86,6 +87,12 @@ def _header(setup: dict) -> list[str]:
              f"APc / APf idea with edges that fit this dataset); bucket AP = mean VOC07 AP of its classes.",
              f"- Converged: val mAP gained less than {CONVERGED_GAIN} over the last quarter of the epochs (the value at "
              f"3/4 of the epochs read off the line between the two evaluations around it)."]
+    if setup["tuned"]:
+        rows = [f"{label}: trial {t['trial']} (val mAP {t['value']:.4f}), "
+                + ", ".join(f"{k} {param_text(v)}" for k, v in t["params"].items())
+                for label, t in setup["tuned"].items()]
+        lines.append("- Tuned (yolo.tune, `best.yaml`): each row trains at its best trial's values, chosen on val at "
+                     "the tuning seed: " + "; ".join(rows))
     if setup["has_reference"]:
         lines.append("- Reference: the single-run numbers of the reference experiment (VOC07 test), beside ours.")
     if setup["missing"]:
@@ -95,6 +102,11 @@ def _header(setup: dict) -> list[str]:
         lines.append(f"- {len(setup['stale'])} result file(s) of other configs or protocol versions are ignored: "
                      + ", ".join(Path(p).name for p in setup["stale"]))
     return lines
+
+
+def param_text(value) -> str:
+    """A hyper-parameter's value as the reports print it: 4 significant digits, None as YAML's null."""
+    return f"{value:.4g}" if isinstance(value, float) else "null" if value is None else str(value)
 
 
 def _results_table(table: dict) -> list[str]:

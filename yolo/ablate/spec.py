@@ -43,6 +43,7 @@ class Variant:
     cfg: Config                    # the validated training config; the runner sets seed, name and folders
     scoring: dict                  # eval overrides for the test score only ({} = the config's own eval)
     search: dict = dataclasses.field(default_factory=dict)   # yolo.tune: {"section.field": distribution}
+    tuned: dict = dataclasses.field(default_factory=dict)    # yolo.tune's seeds stage: the best trial it retrains
 
     @property
     def scoring_name(self) -> str:

@@ -14,7 +14,7 @@ import optuna
 import yaml
 
 from yolo.ablate.execute import duration
-from yolo.ablate.report import plain
+from yolo.ablate.report import param_text, plain
 from yolo.ablate.spec import Ablation
 from yolo.ablate.stats import expected_max
 from yolo.tune.space import with_params
@@ -66,8 +66,9 @@ def read_best(results_dir: Path) -> dict:
 
 def seeds_ablation(ablation: Ablation, tune_spec, best: dict, seeds: int | None = None) -> Ablation:
     """The ablation of the seeds stage: every row at its best trial's values, seeds ``train.seed + first_seed``
-    onwards (fresh: the trials trained at ``train.seed``), ``seeds`` (default ``tune_spec.seeds``) of them. Rows
-    without a search space train as declared."""
+    onwards (fresh: the trials trained at ``train.seed``), ``seeds`` (default ``tune_spec.seeds``) of them, each
+    carrying its ``best`` entry (``Variant.tuned``) for the report. Rows without a search space train as
+    declared."""
     tables = []
     for table in ablation.tables:
         variants = []
@@ -75,7 +76,8 @@ def seeds_ablation(ablation: Ablation, tune_spec, best: dict, seeds: int | None 
             params = best[variant.name]["params"] if variant.search else {}
             cfg = with_params(variant.cfg, params, f"{BEST}: {variant.name}")
             cfg.train.seed += tune_spec.first_seed
-            variants.append(dataclasses.replace(variant, cfg=cfg, search={}))
+            variants.append(dataclasses.replace(variant, cfg=cfg, search={},
+                                                tuned=best[variant.name] if variant.search else {}))
         tables.append(dataclasses.replace(table, variants=variants))
     return dataclasses.replace(copy.copy(ablation), tables=tables, seeds=seeds or tune_spec.seeds, tune=None)
 
@@ -107,7 +109,7 @@ def format_tuning(tuning: Tuning, trials: dict, best: dict, curves: dict, comman
                   "|---" * (len(tuning.spaces[row]) + 4) + "|"]
         for t in items:
             mark = " **best**" if row in best and best[row]["trial"] == t["number"] else ""
-            values = " | ".join(_value(t["params"].get(name)) for name in tuning.spaces[row])
+            values = " | ".join(param_text(t["params"].get(name)) for name in tuning.spaces[row])
             state = t["state"].lower() + (f": {t['error']}" if t["error"] else "")
             train = "" if t["train_s"] is None else duration(t["train_s"])
             lines.append(f"| {t['number']} | {values} | {plain(t['value'])}{mark} | {train} | {state} |")
@@ -132,12 +134,6 @@ def _time_line(trials: dict) -> str:
     return (f"Time: the {len(timed)} trials with a result file trained {duration(summed)} summed over the trials "
             f"(as recorded when each ran), about {duration(wall)} of wall time (a trial trained N at a time counts "
             f"1/N).")
-
-
-def _value(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "null" if value is None else str(value)
 
 
 def write_expected_max_chart(curves: dict, path: Path):
