@@ -201,6 +201,47 @@ def test_every_row_gets_the_same_budget_and_a_stopped_study_resumes_on_a_fresh_c
     assert worker.work(resumed, progress=False) == {"trained": 0, "failed": 0}    # the budget is spent
 
 
+def test_a_journal_cut_mid_write_is_set_aside_and_the_study_continues(tmp_path, monkeypatch, caplog):
+    """A session killed during an append (or a commit taken during one) leaves a last line without its newline;
+    left alone, the next append runs on from it and the journal can no longer be read."""
+    ablation = load_ablation([_write(tmp_path / "t.yaml", _tiny(tmp_path, trials=2))])
+    monkeypatch.setattr(worker, "run_one", _fake_run_one([], interrupt_at=2))
+    with pytest.raises(RunInterrupted):
+        worker.work(study.open_tuning(ablation, tmp_path / "out", tmp_path / "results"), progress=False)
+    journal = tmp_path / "results" / study.JOURNAL
+    whole = journal.read_bytes()
+    torn = b'{"op_code":7,"worker_id":"x","trial_id":0,"user_attr":{"heartb'
+    journal.write_bytes(whole + torn)
+
+    tuning = study.open_tuning(ablation, tmp_path / "out", tmp_path / "results")
+    mended = journal.read_bytes()                # cut back to its last whole line (opening a study appends to it)
+    assert mended.startswith(whole) and torn not in mended and mended.endswith(b"\n")
+    assert (journal.parent / f"{study.JOURNAL}.torn").read_bytes() == torn + b"\n"   # kept aside, not dropped
+    assert "cut short by an interrupted write" in caplog.text
+    assert study.trial_counts(tuning) == {"ce": 2, "sigmoid_focal": 1}        # 2 told, 1 released: nothing lost
+    monkeypatch.setattr(worker, "run_one", _fake_run_one([]))
+    assert worker.work(tuning, progress=False) == {"trained": 2, "failed": 0}
+    again = study.open_tuning(ablation, tmp_path / "out", tmp_path / "results")   # the appends after it read back
+    assert {r: len(s.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) for r, s in again.studies.items()} \
+        == {"ce": 2, "sigmoid_focal": 2}
+
+
+def test_a_journal_line_that_is_not_a_record_is_refused_naming_the_line(tmp_path, monkeypatch, capsys):
+    tuning_file = _write(tmp_path / "t.yaml", _tiny(tmp_path, trials=1))
+    monkeypatch.setattr(worker, "run_one", _fake_run_one([]))
+    worker.work(study.open_tuning(load_ablation([tuning_file]), tmp_path / "out", tmp_path / "results"),
+                progress=False)
+    journal = tmp_path / "results" / study.JOURNAL
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(b"".join(lines[:2] + [b"<<<<<<< HEAD\n"] + lines[2:]))     # a merge by hand
+    before = journal.read_bytes()
+    capsys.readouterr()
+    assert main(["--config", str(tuning_file), "--output-dir", str(tmp_path / "out"), "--report-only"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{journal}:3: not a record of Optuna's journal" in err and "Traceback" not in err
+    assert journal.read_bytes() == before                                      # refused, not rewritten
+
+
 def test_a_failed_trial_is_told_failed_with_its_error_and_counts_against_the_budget(tmp_path, monkeypatch):
     ablation = load_ablation([_write(tmp_path / "t.yaml", _tiny(tmp_path, trials=2))])
     fake = _fake_run_one([])

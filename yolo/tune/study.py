@@ -18,6 +18,7 @@ one run folder.
 import contextlib
 import dataclasses
 import fcntl
+import json
 import logging
 import os
 import socket
@@ -120,11 +121,46 @@ def open_tuning(ablation: Ablation, output_dir, results_dir) -> Tuning:
     spec, spaces = load_tune(ablation)
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(results_dir / JOURNAL)))
+    storage = open_journal(results_dir / JOURNAL)
     studies = {row: optuna.create_study(storage=storage, study_name=row, direction="maximize", load_if_exists=True,
                                         sampler=SAMPLERS[spec.sampler](spec.sampler_seed))
                for row, space in spaces.items() if space}   # a row without a space trains as declared
     return Tuning(ablation, spec, spaces, storage, studies, Path(output_dir), results_dir)
+
+
+def open_journal(path: Path) -> optuna.storages.JournalStorage:
+    """Optuna's journal storage on ``path``, its file checked (and a torn last line set aside, see
+    ``mend_journal``) under the lock that every append takes."""
+    lock = optuna.storages.journal.JournalFileSymlinkLock(str(path))
+    if path.is_file():
+        lock.acquire()
+        try:
+            mend_journal(path)
+        finally:
+            lock.release()
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path), lock_obj=lock))
+
+
+def mend_journal(path: Path):
+    """A last line without its newline is a write cut short (a worker killed mid-append, or a copy or commit taken
+    during one). Optuna skips it when reading, but the next append would run on from it and leave a line that
+    makes the whole journal unreadable. It is moved to ``<journal>.torn`` (kept, never dropped) and the journal
+    cut back to its last whole line. Any other line that is not a JSON record is refused, naming the line."""
+    data = path.read_bytes()
+    whole = data.rfind(b"\n") + 1
+    if whole < len(data):
+        with open(path.with_name(path.name + ".torn"), "ab") as torn:
+            torn.write(data[whole:] + b"\n")
+        with open(path, "r+b") as f:
+            f.truncate(whole)
+        logger.warning("%s: its last line (%d bytes) was cut short by an interrupted write; moved to %s.torn",
+                       path, len(data) - whole, path.name)
+    for number, line in enumerate(data[:whole].splitlines(), start=1):
+        try:
+            json.loads(line)
+        except ValueError:
+            raise ConfigError(f"{path}:{number}: not a record of Optuna's journal (a JSON object a line); the "
+                              f"file was edited or merged by hand: restore it from git") from None
 
 
 @contextlib.contextmanager
