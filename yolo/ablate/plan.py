@@ -139,7 +139,12 @@ def make_run(label: str, cfg: Config, fingerprint: str, output_dir, results_dir=
     name = _existing_run_name(output_dir / "runs", key) or f"{label}-s{cfg.train.seed}-{key[:8]}"
     cfg.name, cfg.output_dir, cfg.logdir = name, str(output_dir / "runs"), str(output_dir / "tb" / name)
     return Run(key=key, name=name, seed=cfg.train.seed, variants=[], cfg=cfg, scorings={},
-               result_path=results_dir / "runs" / f"{key}.json", data_fingerprint=fingerprint)
+               result_path=result_path(results_dir, key), data_fingerprint=fingerprint)
+
+
+def result_path(results_dir: Path, key: str) -> Path:
+    """Where the result file of the run ``key`` lives under ``results_dir``: ``runs/<key>.json``."""
+    return Path(results_dir) / "runs" / f"{key}.json"
 
 
 def _existing_run_name(runs_dir: Path, key: str) -> str | None:

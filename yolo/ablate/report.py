@@ -31,12 +31,11 @@ def describe_setup(ablation: Ablation, runs: list, results: dict, failures: dict
                + (f" (failed: {failures[r.key]})" if r.key in failures else
                   f" ({running[r.key]})" if r.key in running else " (not run)")
                for r in runs if r.key not in results]
+    train_s, grid_wall_s = training_time(done)
     members = sorted({(c, n) for result in done for c, n in result["class_images"].items()}, key=lambda x: -x[1])
     return {
         "name": ablation.name, "command": command, "wall_s": wall_s, "seeds": ablation.seeds,
-        "train_s": sum(result["train_s"] for result in done), "num_runs": len(runs), "num_finished": len(done),
-        # runs that trained N at a time (--jobs N) shared the machine: each counts 1/N of its time as wall time
-        "grid_wall_s": sum(result["train_s"] / result.get("runs_at_once", 1) for result in done),
+        "train_s": train_s, "num_runs": len(runs), "num_finished": len(done), "grid_wall_s": grid_wall_s,
         "missing": missing, "stale": [str(p) for p in stale],
         "machines": sorted({result["machine"] for result in done}),
         "devices": sorted({f"{result['device']}, {result['precision']}" for result in done}),
@@ -49,6 +48,12 @@ def describe_setup(ablation: Ablation, runs: list, results: dict, failures: dict
         "has_reference": any(v.reference is not None for v in variants.values()),
         "tuned": {v.label: v.tuned for v in variants.values() if v.tuned},
     }
+
+
+def training_time(results: list[dict]) -> tuple[float, float]:
+    """(seconds summed over the results' ``train_s``, about the wall time they took): runs that trained N at a time
+    (``--jobs N``, recorded as ``runs_at_once``) shared the machine, so each counts 1/N of its time as wall time."""
+    return (sum(r["train_s"] for r in results), sum(r["train_s"] / r.get("runs_at_once", 1) for r in results))
 
 
 def format_markdown(summary: list[dict], setup: dict) -> str:

@@ -14,7 +14,8 @@ import optuna
 import yaml
 
 from yolo.ablate.execute import duration
-from yolo.ablate.report import param_text, plain
+from yolo.ablate.plan import result_path
+from yolo.ablate.report import param_text, plain, training_time
 from yolo.ablate.spec import Ablation
 from yolo.ablate.stats import expected_max
 from yolo.tune.space import with_params
@@ -32,7 +33,7 @@ def row_trials(tuning: Tuning) -> dict:
 
 def _trial_row(tuning: Tuning, trial: optuna.trial.FrozenTrial) -> dict:
     run = trial.user_attrs.get("run")
-    path = tuning.results_dir / TRIALS / "runs" / f"{run}.json"
+    path = result_path(tuning.results_dir / TRIALS, run)
     result = json.loads(path.read_text()) if run and path.is_file() else {}
     return {"number": trial.number, "state": trial.state.name, "params": trial.params, "value": trial.value,
             "run": run, "error": trial.user_attrs.get("error"), "train_s": result.get("train_s"),
@@ -126,11 +127,9 @@ def format_tuning(tuning: Tuning, trials: dict, best: dict, curves: dict, comman
 
 
 def _time_line(trials: dict) -> str:
-    """The trials' training time, summed and as wall time: a trial trained N at a time (``--jobs N``) shared the
-    machine, so it counts 1/N, as in the ablation report."""
+    """The trials' training time, summed and as wall time, counted as in the ablation report."""
     timed = [t for items in trials.values() for t in items if t["train_s"] is not None]
-    summed = sum(t["train_s"] for t in timed)
-    wall = sum(t["train_s"] / t["runs_at_once"] for t in timed)
+    summed, wall = training_time(timed)
     return (f"Time: the {len(timed)} trials with a result file trained {duration(summed)} summed over the trials "
             f"(as recorded when each ran), about {duration(wall)} of wall time (a trial trained N at a time counts "
             f"1/N).")
