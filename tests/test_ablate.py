@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from scipy import stats
 
 from yolo.ablate import execute, plan
 from yolo.ablate.buckets import assign_buckets, bucket_ap, bucket_of, describe_edges
@@ -28,8 +29,8 @@ from yolo.ablate.execute import Progress, RunInterrupted, duration, run_one
 from yolo.ablate.plan import config_hash, plan_runs
 from yolo.ablate.report import format_markdown, write_report
 from yolo.ablate.spec import load_ablation
-from yolo.ablate.stats import (holm, min_detectable_difference, paired_difference, summarize, verdict,
-                               wilcoxon_floor)
+from yolo.ablate.stats import (holm, independent_difference, min_detectable_difference, paired_difference,
+                               summarize, verdict, wilcoxon_floor)
 from yolo.ablate.tables import CSV_COLUMNS, last_quarter_gain, summarize_tables
 from yolo.config import Config
 from yolo.errors import ConfigError
@@ -112,6 +113,25 @@ def test_paired_t_test_by_hand_and_pairing_separates_what_independent_intervals_
     assert verdict(paired_difference({0: 0.7}, {0: 0.6}), None).startswith("one seed")
     # significant alone, not after a correction that pushes p over 0.05
     assert verdict(diff, 0.06) == "not distinguishable at 3 seeds"
+
+
+def test_welch_difference_by_hand_for_samples_of_other_seeds():
+    tuned, default = [0.70, 0.72, 0.74, 0.71, 0.73], [0.60, 0.66, 0.63]     # variances 0.00025 and 0.0009
+    diff = independent_difference(tuned, default)
+    se2 = 0.00025 / 5 + 0.0009 / 3                                            # 0.00035
+    df = se2 ** 2 / ((0.00025 / 5) ** 2 / 4 + (0.0009 / 3) ** 2 / 2)          # Welch-Satterthwaite: 2.685
+    t = 0.09 / math.sqrt(se2)
+    assert diff["n"] == (5, 3) and diff["mean"] == pytest.approx(0.09)
+    assert diff["p_value"] == pytest.approx(2 * stats.t.sf(t, df), rel=1e-9)
+    half = stats.t.ppf(0.975, df) * math.sqrt(se2)
+    assert (diff["ci_low"], diff["ci_high"]) == pytest.approx((0.09 - half, 0.09 + half), rel=1e-9)
+    assert df == pytest.approx(2.6849, abs=1e-4) and diff["p_value"] < 0.05 < diff["p_value"] * 3
+    swapped = independent_difference(default, tuned)                          # antisymmetric, same p
+    assert swapped["mean"] == pytest.approx(-0.09) and swapped["p_value"] == pytest.approx(diff["p_value"])
+    one = independent_difference([0.7], default)                              # one run: a difference, no test
+    assert one["mean"] == pytest.approx(0.07) and one["ci_low"] is None and one["p_value"] is None
+    assert independent_difference([], default)["mean"] is None
+    assert independent_difference([0.5, 0.5], [0.5, 0.5])["p_value"] is None  # no spread on either side
 
 
 def test_holm_adjustment_on_a_worked_example():

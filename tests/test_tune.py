@@ -1,6 +1,6 @@
 """Tuning (yolo.tune): search spaces and their refusals, the expected-max estimator on known numbers, the equal
 budget, a study that resumes from its journal on a fresh clone, workers that share a journal, the best-config file
-feeding the seeds stage, and a tiny tuning end to end."""
+feeding the seeds stage, the tuned rows against their defaults, and a tiny tuning end to end."""
 import itertools
 import json
 import multiprocessing
@@ -14,11 +14,15 @@ import optuna
 import pytest
 import yaml
 
+from scipy import stats
+
+from yolo.ablate import execute
+from yolo.ablate.cli import run_ablation
 from yolo.ablate.execute import duration
 from yolo.ablate.plan import plan_runs
-from yolo.ablate.report import param_text, plain
+from yolo.ablate.report import mean_std, param_text, plain
 from yolo.ablate.spec import load_ablation
-from yolo.ablate.stats import expected_max
+from yolo.ablate.stats import expected_max, holm, summarize
 from yolo.cluster import RunInterrupted
 from yolo.errors import ConfigError
 from yolo.tune import report, study, worker
@@ -199,6 +203,9 @@ def test_every_row_gets_the_same_budget_and_a_stopped_study_resumes_on_a_fresh_c
             params = dict(t.params)
             assert t.value == pytest.approx(_objective(params))      # the best val of each trial's history
     assert worker.work(resumed, progress=False) == {"trained": 0, "failed": 0}    # the budget is spent
+    journal = (clone / study.JOURNAL).read_bytes()
+    study.open_tuning(ablation, tmp_path / "out2", clone)
+    assert (clone / study.JOURNAL).read_bytes() == journal                        # opening appends nothing
 
 
 def test_a_journal_cut_mid_write_is_set_aside_and_the_study_continues(tmp_path, monkeypatch, caplog):
@@ -334,6 +341,78 @@ def test_the_best_configuration_file_feeds_the_seeds_stage(tmp_path, monkeypatch
             assert (run.cfg.loss.gamma, run.cfg.loss.alpha) == (params["loss.gamma"], params["loss.alpha"])
     md = (tmp_path / "results" / "tuning.md").read_text()
     assert "3 of 3 trials finished" in md and md.count("**best**") == 2
+
+
+def _fake_training(monkeypatch, score):
+    """yolo.ablate's training and scoring replaced by fakes: every run's test mAP is ``score(cfg)``."""
+    def fit(cfg, resume=None, progress=True, stop=None):
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        (cfg.run_dir / "best.pt").write_bytes(b"checkpoint")
+        (cfg.run_dir / "results.json").write_text(json.dumps({
+            "config": cfg.to_dict(), "precision": "fp32", "train_s": 1.0,
+            "history": [{"epoch": 1, "voc07_map50": 0.1}, {"epoch": 2, "voc07_map50": 0.2}]}))
+
+    def evaluate(checkpoint, cfg, split, weights):
+        value = score(cfg)
+        per_class = {name: {"ap50_voc07": value} for name in ("red_circle", "blue_cross")}
+        return ({"voc07_map50": value, "voc_map50": value, "coco_ap": value / 2, "coco_ap50": value,
+                 "coco_ap75": 0.0, "per_class": per_class}, {}, [])
+    monkeypatch.setattr(execute, "fit", fit)
+    monkeypatch.setattr(execute, "prepare_data", lambda cfg: None)
+    monkeypatch.setattr(execute, "class_images", lambda cfg: {"red_circle": 20, "blue_cross": 3})
+    monkeypatch.setattr(execute, "load_checkpoint", lambda path: {"epoch": 2, "ema": None,
+                                                                  "metrics": {"voc07_map50": 0.2}})
+    monkeypatch.setattr(execute, "evaluate_checkpoint", evaluate)
+
+
+def test_the_tuned_rows_are_compared_with_the_same_rows_trained_at_their_declared_values(tmp_path, monkeypatch):
+    config = _tiny(tmp_path, trials=1)
+    config["tune"]["defaults"] = "defaults"                      # relative to the file
+    tuning_file = _write(tmp_path / "t.yaml", config)
+    maps = {("ce", False): {0: 0.60, 1: 0.62}, ("sigmoid_focal", False): {0: 0.500, 1: 0.502},
+            ("ce", True): {1: 0.64, 2: 0.66}, ("sigmoid_focal", True): {1: 0.630, 2: 0.632}}
+    _fake_training(monkeypatch, lambda cfg: maps[(cfg.loss.cls_loss, cfg.train.lr == 3e-3)][cfg.train.seed])
+    ablation = load_ablation([tuning_file])
+    run_ablation(ablation, tmp_path / "out", results_dir=tmp_path / "defaults")   # yolo.ablate: as declared
+    ce0 = next(r for r in plan_runs(ablation, tmp_path / "out", tmp_path / "defaults")
+               if r.variants == ["ce"] and r.seed == 0)
+    # named like the ce row's seed 4 but holding seed 0's run: not counted (a renamed or copied file)
+    shutil.copy(ce0.result_path, ce0.result_path.with_name(f"{ce0.config_hash}-seed4.json"))
+    tuned = {"ce": {"train.lr": 3e-3}, "sigmoid_focal": {"train.lr": 3e-3, "loss.gamma": 1.0, "loss.alpha": None}}
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "best.yaml").write_text(yaml.safe_dump(
+        {row: {"trial": 0, "value": 0.7, "params": params} for row, params in tuned.items()}))
+    assert main(["--config", str(tuning_file), "--stage", "seeds", "--output-dir", str(tmp_path / "out"),
+                 "--no-progress"]) == 0
+    md = (tmp_path / "results" / "tuned_vs_defaults.md").read_text()
+    welch = {row: stats.ttest_ind(list(maps[(row, True)].values()), list(maps[(row, False)].values()),
+                                  equal_var=False) for row in ("ce", "sigmoid_focal")}
+    p_holm = dict(zip(welch, holm([w.pvalue for w in welch.values()])))
+    assert p_holm["sigmoid_focal"] < 0.001 and p_holm["ce"] > 0.05
+    default_lr = param_text(ablation.variants()["ce"].cfg.train.lr)
+    for row, values, p_text, reading in (
+            ("ce", f"train.lr {default_lr} | ", f"{p_holm['ce']:.3f}", "not distinguishable at 2 and 2 seeds"),
+            ("sigmoid_focal", f"train.lr {default_lr}, loss.gamma 2, loss.alpha 0.25 | ",
+             f"{p_holm['sigmoid_focal']:.1e}", "higher")):
+        change = np.mean(list(maps[(row, True)].values())) - np.mean(list(maps[(row, False)].values()))
+        low, high = welch[row].confidence_interval(0.95)
+        tuned_values = ", ".join(f"{k} {param_text(v)}" for k, v in tuned[row].items())
+        assert (f"| {row} | {values}{mean_std(summarize(maps[(row, False)].values()))} | 0, 1 | {tuned_values} | "
+                f"{mean_std(summarize(maps[(row, True)].values()))} | 1, 2 | {change:+.4f} | "
+                f"[{low:+.4f}, {high:+.4f}] | {p_text} | {reading} |") in md
+    # the gap to ce per seed: -0.100, -0.118 at the defaults (seeds 0, 1); -0.010, -0.028 tuned (seeds 1, 2)
+    gaps = stats.ttest_ind([-0.010, -0.028], [-0.100, -0.118], equal_var=False)
+    low, high = gaps.confidence_interval(0.95)
+    assert (f"| sigmoid_focal | -0.1090 [-0.2234, +0.0054] | -0.0190 [-0.1334, +0.0954] | +0.0900 | "
+            f"[{low:+.4f}, {high:+.4f}] | {gaps.pvalue:.3f} | higher |") in md
+
+
+def test_a_defaults_folder_that_is_not_a_path_is_refused(tmp_path):
+    config = _tiny(tmp_path)
+    config["tune"]["defaults"] = 3
+    with pytest.raises(ConfigError, match=r"t.yaml: tune.defaults must be a results folder \(relative to the "
+                                          r"file\), got 3"):
+        study.load_tune(load_ablation([_write(tmp_path / "t.yaml", config)]))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The statistics of an ablation, from scipy.stats: per-variant means with Student-t intervals, paired comparisons
-with a baseline over seeds (t interval, paired t-test, Holm correction, wins, smallest detectable difference).
+with a baseline over seeds (t interval, paired t-test, Holm correction, wins, smallest detectable difference),
+Welch's unpaired comparison where the seeds differ, and the expected best of n tuning trials.
 
 Pairing by seed (same initialisation, data order and augmentation) removes the seed-to-seed variance two variants
 share, so the paired interval is usually much narrower than two independent ones. With n <= 5 seeds only the
@@ -48,6 +49,25 @@ def paired_difference(values: dict, baseline: dict, confidence: float = CONFIDEN
     if len(seeds) >= 2 and out["std"] > 0:
         out["p_value"] = float(stats.ttest_rel(ours, theirs).pvalue)
         out["min_detectable"] = min_detectable_difference(out["std"], len(seeds))
+    return out
+
+
+def independent_difference(values, baseline, confidence: float = CONFIDENCE) -> dict:
+    """``mean(values) - mean(baseline)`` of two independent samples (no pairing: different seeds), with Welch's
+    t interval and two-sided test (``scipy.stats.ttest_ind(equal_var=False)``: unequal variances, the
+    Welch-Satterthwaite degrees of freedom).
+
+    Returns ``{"n": (len(values), len(baseline)), "mean", "ci_low", "ci_high", "p_value"}``; the interval and p are
+    None unless each side has 2 values and one of them a spread, ``mean`` is None when a side is empty.
+    """
+    ours, theirs = np.asarray(list(values), dtype=np.float64), np.asarray(list(baseline), dtype=np.float64)
+    out = {"n": (int(ours.size), int(theirs.size)), "mean": None, "ci_low": None, "ci_high": None, "p_value": None}
+    if ours.size and theirs.size:
+        out["mean"] = float(ours.mean() - theirs.mean())
+    if min(ours.size, theirs.size) >= 2 and (ours.std() > 0 or theirs.std() > 0):
+        test = stats.ttest_ind(ours, theirs, equal_var=False)
+        low, high = test.confidence_interval(confidence)
+        out.update(ci_low=float(low), ci_high=float(high), p_value=float(test.pvalue))
     return out
 
 

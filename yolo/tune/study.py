@@ -40,7 +40,7 @@ JOURNAL = "tune.journal"
 TRIALS = "trials"              # RESULTS/trials/runs/<key>.json: the trials' result files
 HEARTBEAT_S = 120.0
 STALE_S = 900.0
-TUNE_KEYS = ("trials", "sampler", "sampler_seed", "seeds", "first_seed")
+TUNE_KEYS = ("trials", "sampler", "sampler_seed", "seeds", "first_seed", "defaults")
 SAMPLERS = {
     # Scrambled Sobol points. Optuna draws a study's first trial with the independent sampler (seeded random: the
     # search space is not known before it) and every later one from the sequence; a categorical takes one QMC
@@ -69,6 +69,7 @@ class TuneSpec:
     sampler_seed: int = 0      # the same for every row and every worker (one QMC sequence)
     seeds: int = 5             # the seeds stage: each row's best trial retrained with this many fresh seeds ...
     first_seed: int = 1        # ... train.seed + first_seed, + first_seed + 1, ... (the trials train at + 0)
+    defaults: Path | None = None   # results of the rows at their declared values (yolo.tune.defaults compares)
 
 
 def load_tune(ablation: Ablation) -> tuple[TuneSpec, dict]:
@@ -90,6 +91,11 @@ def load_tune(ablation: Ablation) -> tuple[TuneSpec, dict]:
                               f"integer, got {value!r}")
     if spec.sampler not in SAMPLERS:
         raise ConfigError(f"{source}: tune.sampler {spec.sampler!r} is not one of {', '.join(SAMPLERS)}")
+    if spec.defaults is not None:
+        if not isinstance(spec.defaults, str) or not ablation.files:
+            raise ConfigError(f"{source}: tune.defaults must be a results folder (relative to the file), got "
+                              f"{spec.defaults!r}")
+        spec.defaults = (ablation.files[0].parent / spec.defaults).resolve()
     spaces = {}
     for variant in ablation.variants().values():
         spaces[variant.name] = parse_space(variant.search, f"{source}: row {variant.name}")
@@ -122,10 +128,19 @@ def open_tuning(ablation: Ablation, output_dir, results_dir) -> Tuning:
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     storage = open_journal(results_dir / JOURNAL)
-    studies = {row: optuna.create_study(storage=storage, study_name=row, direction="maximize", load_if_exists=True,
-                                        sampler=SAMPLERS[spec.sampler](spec.sampler_seed))
+    existing = {s.study_name for s in storage.get_all_studies()}
+    studies = {row: _open_study(storage, row, SAMPLERS[spec.sampler](spec.sampler_seed), existing)
                for row, space in spaces.items() if space}   # a row without a space trains as declared
     return Tuning(ablation, spec, spaces, storage, studies, Path(output_dir), results_dir)
+
+
+def _open_study(storage, row: str, sampler, existing: set) -> optuna.Study:
+    """Load the row's study, or create it. Loading appends nothing: ``create_study(load_if_exists=True)`` logs a
+    creation to the journal on every call (then loads), a line per row each time a worker or report opens it."""
+    if row in existing:
+        return optuna.load_study(study_name=row, storage=storage, sampler=sampler)
+    return optuna.create_study(storage=storage, study_name=row, direction="maximize", load_if_exists=True,
+                               sampler=sampler)      # two workers may create it at once: the second loads it
 
 
 def open_journal(path: Path) -> optuna.storages.JournalStorage:
