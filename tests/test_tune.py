@@ -365,7 +365,8 @@ def _fake_training(monkeypatch, score):
     monkeypatch.setattr(execute, "evaluate_checkpoint", evaluate)
 
 
-def test_the_tuned_rows_are_compared_with_the_same_rows_trained_at_their_declared_values(tmp_path, monkeypatch):
+def test_the_tuned_rows_are_compared_with_the_same_rows_trained_at_their_declared_values(tmp_path, monkeypatch,
+                                                                                          caplog):
     config = _tiny(tmp_path, trials=1)
     config["tune"]["defaults"] = "defaults"                      # relative to the file
     tuning_file = _write(tmp_path / "t.yaml", config)
@@ -385,6 +386,7 @@ def test_the_tuned_rows_are_compared_with_the_same_rows_trained_at_their_declare
     assert main(["--config", str(tuning_file), "--stage", "seeds", "--output-dir", str(tmp_path / "out"),
                  "--no-progress"]) == 0
     md = (tmp_path / "results" / "tuned_vs_defaults.md").read_text()
+    assert f"{ce0.config_hash}-seed4.json: it holds the run {ce0.key}, not {ce0.config_hash}-seed4" in caplog.text
     welch = {row: stats.ttest_ind(list(maps[(row, True)].values()), list(maps[(row, False)].values()),
                                   equal_var=False) for row in ("ce", "sigmoid_focal")}
     p_holm = dict(zip(welch, holm([w.pvalue for w in welch.values()])))

@@ -34,9 +34,11 @@ def read_result(run: Run) -> dict | None:
     except (OSError, ValueError) as exc:
         logger.warning("ignoring the result file %s (%s): the run is trained again", path, exc)
         return None
-    if not isinstance(result, dict) or result.get("key") != run.key or result.get("protocol") != PROTOCOL_VERSION:
-        logger.warning("ignoring the result file %s: it is not a protocol-%d result of %s", path, PROTOCOL_VERSION,
-                       run.key)
+    if not isinstance(result, dict) or result.get("protocol") != PROTOCOL_VERSION:
+        logger.warning("ignoring the result file %s: it is not a protocol-%d result", path, PROTOCOL_VERSION)
+        return None
+    if result.get("key") != run.key:        # renamed or copied by hand: the file name is not the run inside
+        logger.warning("ignoring the result file %s: it holds the run %s, not %s", path, result.get("key"), run.key)
         return None
     return result
 
