@@ -14,7 +14,7 @@ loss with more knobs spends the same compute. The objective is the run's best va
     study.py     one study per row in RESULTS/tune.journal (Optuna JournalStorage); claiming trials, heartbeats
     worker.py    the worker loop; --jobs processes; submitit jobs (local / slurm)
     report.py    tuning.md, best.yaml (read by the seeds stage), expected best after n trials and its chart
-    defaults.py  tuned_vs_defaults.md: the seeds stage against the rows trained at their declared values
+    outcome.py   tuned.md: the best trials' optimism on val, the tuned rows against their defaults on test
     cli.py       the command: stages tune, seeds, all
 
 Every trial is an ordinary ablation run: its result file lands in RESULTS/runs/ under its config's key, the same

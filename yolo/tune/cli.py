@@ -12,7 +12,7 @@ from yolo.ablate.execute import LOG_FORMAT, RunInterrupted, check_precision
 from yolo.ablate.spec import load_ablation
 from yolo.cluster import JobSpec, add_cluster_args, parse_slurm_params
 from yolo.errors import ConfigError
-from yolo.tune.defaults import write_comparison
+from yolo.tune.outcome import write_outcome
 from yolo.tune.report import read_best, seeds_ablation, write_tuning_report
 from yolo.tune.study import open_tuning, trial_run
 from yolo.tune.worker import submit_workers, work, work_in_processes
@@ -53,8 +53,9 @@ def _check_precision(tuning, devices, allow: bool):
 
 
 def seeds_stage(args, files, output_dir: Path, results_dir: Path, command: str) -> dict | None:
-    """Retrain each row's best trial with fresh seeds and write the ablation report (and, with ``tune.defaults``,
-    ``tuned_vs_defaults.md``); None while a row's budget is unfinished (nothing to retrain yet)."""
+    """Retrain each row's best trial with fresh seeds and write the ablation report and ``tuned.md`` (the
+    selection on val; with ``tune.defaults``, the defaults against the tuned rows); None while a row's budget is
+    unfinished (nothing to retrain yet)."""
     ablation = load_ablation(files)
     tuning = open_tuning(ablation, output_dir, results_dir)
     best = read_best(results_dir)
@@ -70,7 +71,7 @@ def seeds_stage(args, files, output_dir: Path, results_dir: Path, command: str) 
     out = run_ablation(seeds_ablation(ablation, tuning.spec, best, args.seeds), output_dir, results_dir=results_dir,
                        jobs=args.jobs, devices=parse_devices(args.devices), progress=not args.no_progress,
                        report_only=args.report_only, command=command, launcher=args.launcher, launch_options=launch)
-    out["paths"]["defaults"] = write_comparison(tuning, out["summary"], best, command)
+    out["paths"]["tuned"] = write_outcome(tuning, out, best, command)
     return out
 
 
@@ -127,8 +128,7 @@ def main(argv=None) -> int:
             if seeds is None:
                 return 1
             print(seeds["paths"]["md"].read_text())
-            if seeds["paths"]["defaults"]:
-                print(seeds["paths"]["defaults"].read_text())
+            print(seeds["paths"]["tuned"].read_text())
             return 1 if seeds["failures"] else 0
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,16 +1,18 @@
-"""Tuned against the defaults: what the tuning changed, row by row, on test.
+"""What the tuning changed (``tuned.md``, written by the seeds stage): the winner's curse on val, and the tuned rows
+against the same rows at their defaults on test.
 
-The seeds stage retrains each row's best trial with fresh seeds; ``tune.defaults`` names a results folder holding
-the same rows trained at their declared (untuned) values by ``yolo.ablate``. Those runs are found by their keys:
-a result file there counts only if its key is the config hash of a row at its declared values (same protocol,
-data, epochs, everything but the tuned knobs), so a folder of other runs is never compared by mistake.
+Selection on val: each row's best trial was the best of its budget at the tuning seed, so its val mAP is biased
+upwards. The seeds stage retrains the same values with fresh seeds; their val mAP (the same metric on the same
+split: the val score of the selected checkpoint) measures that optimism.
 
-``tuned_vs_defaults.md`` then has, per row, the tuned test mAP against the default one and the change in the row's
-gap to the table's baseline. The two sides train different seeds (the defaults from ``train.seed``, the tuned rows
-from ``train.seed + first_seed``), so they are not paired: Welch's t interval and test (``scipy.stats.ttest_ind``
-with ``equal_var=False``), Holm-corrected over the table's rows. The gap is the within-side paired difference to
-the baseline per seed; its change is Welch's test on those per-seed gaps (an interaction: does tuning move this
-loss more than the baseline's).
+Against the defaults: ``tune.defaults`` names a results folder holding the same rows trained at their declared
+(untuned) values by ``yolo.ablate``. A result file there counts only if its key is the config hash of a row at its
+declared values (same protocol, data, epochs, everything but the tuned knobs), so a folder of other runs is never
+compared by mistake. The two sides train different seeds (the defaults from ``train.seed``, the tuned rows from
+``train.seed + first_seed``), so they are not paired: Welch's t interval and test (``scipy.stats.ttest_ind`` with
+``equal_var=False``), Holm-corrected over the table's rows. A row's gap is its paired per-seed difference to the
+baseline on each side; the change of the gap is Welch's test on those per-seed gaps (an interaction: does tuning
+move this loss more than the baseline?).
 """
 import copy
 import dataclasses
@@ -23,7 +25,7 @@ from yolo.ablate.spec import METRIC, Ablation
 from yolo.ablate.stats import ALPHA, CONFIDENCE, holm, independent_difference, summarize
 from yolo.ablate.tables import collect_rows, summarize_tables
 
-REPORT = "tuned_vs_defaults.md"
+REPORT = "tuned.md"
 
 
 def declared_ablation(ablation: Ablation, seeds: int) -> Ablation:
@@ -98,24 +100,62 @@ def reading(difference: dict, alpha: float = ALPHA) -> str:
     return f"not distinguishable at {n_ours} and {n_theirs} seeds"
 
 
-def format_comparison(ablation: Ablation, spaces: dict, best: dict, tables: list[dict], defaults_dir: Path,
-                      command: str) -> str:
-    """``tuned_vs_defaults.md``: how it was compared, then per table the change of each row and of its gap."""
-    lines = [f"# Tuned against the defaults: {ablation.name}", "",
+def selection_on_val(best: dict, rows: list[dict]) -> dict:
+    """{row: {"trial", "value", "retrained", "optimism"}} for the rows tuned (in ``best``): ``retrained`` is
+    :func:`summarize` of the val mAP of the seeds stage's runs (``rows``: its ``collect_rows``), ``optimism`` the
+    trial's val mAP minus their mean (None without a retrained run)."""
+    out = {}
+    for name, entry in best.items():
+        retrained = summarize(r["val_voc07_map50"] for r in rows
+                              if r["variant"] == name and r["val_voc07_map50"] is not None)
+        optimism = None if retrained["mean"] is None else entry["value"] - retrained["mean"]
+        out[name] = {"trial": entry["trial"], "value": entry["value"], "retrained": retrained, "optimism": optimism}
+    return out
+
+
+def _selection_table(ablation: Ablation, selected: dict) -> list[str]:
+    variants = ablation.variants()
+    lines = [f"| row | best trial | its val mAP (tuning seed) | val mAP retrained (mean ± std) | {CONFIDENCE:.0%} CI "
+             f"| seeds | optimism (trial − retrained) |", "|---" * 7 + "|"]
+    for name, entry in selected.items():
+        retrained = entry["retrained"]
+        lines.append(f"| {variants[name].label} | {entry['trial']} | {entry['value']:.4f} | {mean_std(retrained)} | "
+                     f"{interval(retrained)} | {retrained['n']} | {signed(entry['optimism'])} |")
+    return lines
+
+
+def format_outcome(tuning, best: dict, selected: dict, tables: list[dict] | None, defaults_dir: Path | None,
+                   command: str) -> str:
+    """``tuned.md``: the selection on val, then (with a defaults folder) per table the change of each row and of
+    its gap to the baseline."""
+    spec = tuning.spec
+    lines = [f"# What the tuning changed: {tuning.ablation.name}", "",
              f"- Command: `{command}`" if command else "- Command: —",
-             "- Tuned: each row's best trial (`best.yaml`) retrained with fresh seeds and scored once on the test "
-             "split (`ablation.md`).",
-             f"- Defaults: the same rows at their declared values, from `{defaults_dir}`: only result files whose "
-             f"run key is such a row's config (protocol, data and every other setting the same) count.",
-             f"- The two sides train different seeds, so they are not paired: Δ = tuned − default mean VOC07 mAP "
-             f"with Welch's {CONFIDENCE:.0%} t interval and two-sided test (scipy.stats.ttest_ind, equal_var=False), "
-             f"Holm-corrected over the table's rows; \"higher\" / \"lower\" when the corrected p < {ALPHA}.",
-             "- Gap = a row's paired per-seed difference to the table's baseline, on each side; its change = tuned "
-             "gap − default gap, Welch's test on the per-seed gaps (does tuning move this row more than the "
-             "baseline?)."]
+             f"- Tuned: each row's best of {spec.trials} trials on val at the tuning seed (`best.yaml`), retrained "
+             f"with fresh seeds (train.seed + {spec.first_seed} ...) and scored once on the test split "
+             f"(`ablation.md`).",
+             "", "## Selection on val: each best trial retrained", "",
+             "The best of several trials at one seed is biased upwards. The same values trained at fresh seeds, "
+             "scored on the same split by the same rule (the val mAP of the selected checkpoint), show how much: "
+             "optimism = the trial's val mAP − the fresh seeds' mean.", "",
+             *_selection_table(tuning.ablation, selected)]
+    if tables is None:
+        lines += ["", "No defaults to compare with: `tune: {defaults: <results folder>}` names the results of the same "
+                      "rows trained at their declared values (`python -m yolo.ablate`)."]
+        return "\n".join(lines) + "\n"
+    lines += ["", "## Against the defaults", "",
+              f"- Defaults: the same rows at their declared values, from `{defaults_dir}`: only result files whose "
+              f"run key is such a row's config (protocol, data and every other setting the same) count.",
+              f"- The two sides train different seeds, so they are not paired: Δ = tuned − default mean test VOC07 "
+              f"mAP with Welch's {CONFIDENCE:.0%} t interval and two-sided test (scipy.stats.ttest_ind, "
+              f"equal_var=False), Holm-corrected over the table's rows; \"higher\" / \"lower\" when the corrected "
+              f"p < {ALPHA}.",
+              "- Gap = a row's paired per-seed difference to the table's baseline, on each side; its change = tuned "
+              "gap − default gap, Welch's test on the per-seed gaps (does tuning move this row more than the "
+              "baseline?)."]
     for table in tables:
-        lines += ["", f"## {table['title']}", "", *_change_table(table, ablation, spaces, best), "",
-                  f"### Gap to {table['baseline_label']}", "", *_gap_table(table)]
+        lines += ["", f"### {table['title']}", "", *_change_table(table, tuning.ablation, tuning.spaces, best), "",
+                  f"#### Gap to {table['baseline_label']}", "", *_gap_table(table)]
     return "\n".join(lines) + "\n"
 
 
@@ -164,15 +204,15 @@ def _seeds(seeds: list) -> str:
     return ", ".join(map(str, seeds)) or "—"
 
 
-def write_comparison(tuning, summary: list[dict], best: dict, command: str = "") -> Path | None:
-    """Write ``tuned_vs_defaults.md`` beside the seeds stage's report when ``tune.defaults`` names a folder;
-    returns its path (None without one). ``summary``: the seeds stage's ``summarize_tables``."""
-    defaults_dir = tuning.spec.defaults
-    if defaults_dir is None:
-        return None
-    defaults = default_summary(tuning.ablation, tuning.output_dir, defaults_dir)
-    shown = defaults_dir.relative_to(Path.cwd()) if defaults_dir.is_relative_to(Path.cwd()) else defaults_dir
-    text = format_comparison(tuning.ablation, tuning.spaces, best, compare(summary, defaults), shown, command)
+def write_outcome(tuning, seeds: dict, best: dict, command: str = "") -> Path:
+    """Write ``tuned.md`` beside the seeds stage's report and return its path. ``seeds``: what the seeds stage's
+    ``run_ablation`` returned (its ``rows`` and ``summary``)."""
+    selected = selection_on_val(best, seeds["rows"])
+    defaults_dir, tables = tuning.spec.defaults, None
+    if defaults_dir is not None:
+        defaults = default_summary(tuning.ablation, tuning.output_dir, defaults_dir)
+        tables = compare(seeds["summary"], defaults)
+        defaults_dir = defaults_dir.relative_to(Path.cwd()) if defaults_dir.is_relative_to(Path.cwd()) else defaults_dir
     path = tuning.results_dir / REPORT
-    path.write_text(text)
+    path.write_text(format_outcome(tuning, best, selected, tables, defaults_dir, command))
     return path
