@@ -69,7 +69,7 @@ class TuneSpec:
     sampler_seed: int = 0      # the same for every row and every worker (one QMC sequence)
     seeds: int = 5             # the seeds stage: each row's best trial retrained with this many fresh seeds ...
     first_seed: int = 1        # ... train.seed + first_seed, + first_seed + 1, ... (the trials train at + 0)
-    defaults: Path | None = None   # results of the rows at their declared values (yolo.tune.defaults compares)
+    defaults: Path | None = None   # results of the rows at their declared values (yolo.tune.outcome compares)
 
 
 def load_tune(ablation: Ablation) -> tuple[TuneSpec, dict]:
