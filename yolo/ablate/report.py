@@ -121,7 +121,7 @@ def _results_table(table: dict) -> list[str]:
     for row in table["rows"]:
         paired = row.get("paired", {}).get(METRIC)
         comparison = ["(baseline)", "—", "—", "—", "—", "—"] if row["is_baseline"] else [
-            signed(paired["mean"]), interval(paired, signed_values=True), _p(paired), _wins(paired),
+            signed(paired["mean"]), interval(paired, signed_values=True), p_text(paired), _wins(paired),
             plain(paired["min_detectable"]), paired["verdict"]]
         cells = [row["label"], plain(row["reference"]), mean_std(row[METRIC]), interval(row[METRIC]),
                  str(row[METRIC]["n"]), mean_std(row["coco_ap"]), mean_std(row["coco_ap50"]), *comparison]
@@ -136,7 +136,7 @@ def _verdict_sentences(table: dict) -> list[str]:
             paired = row["paired"][METRIC]
             numbers = "" if paired["n"] < 2 else (
                 f" (Δ = {signed(paired['mean'])}, 95% CI {interval(paired, signed_values=True)}, "
-                f"p = {_p(paired)} after Holm, {_wins(paired)} seeds higher)")
+                f"p = {p_text(paired)} after Holm, {_wins(paired)} seeds higher)")
             lines.append(f"- {row['label']} vs {table['baseline_label']}: {paired['verdict']}{numbers}.")
     return lines
 
@@ -152,7 +152,7 @@ def _bucket_table(table: dict) -> list[str]:
             cells.append(mean_std(row[bucket]))
             paired = row.get("paired", {}).get(bucket)
             cells.append("(baseline)" if paired is None else
-                         f"{signed(paired['mean'])} {interval(paired, signed_values=True)}, {_p(paired)}")
+                         f"{signed(paired['mean'])} {interval(paired, signed_values=True)}, {p_text(paired)}")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -190,7 +190,8 @@ def interval(stats: dict, signed_values: bool = False) -> str:
     return f"[{fmt(stats['ci_low'])}, {fmt(stats['ci_high'])}]"
 
 
-def _p(paired: dict) -> str:
+def p_text(paired: dict) -> str:
+    """A Holm-corrected p-value as the reports print it (— where there is none)."""
     p = paired.get("p_holm")
     return "—" if p is None else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
 

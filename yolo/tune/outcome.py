@@ -20,7 +20,7 @@ from pathlib import Path
 
 from yolo.ablate.execute import cached_results
 from yolo.ablate.plan import DataFingerprints, make_run, plan_runs
-from yolo.ablate.report import interval, mean_std, param_text, signed
+from yolo.ablate.report import interval, mean_std, p_text, param_text, signed
 from yolo.ablate.spec import METRIC, Ablation
 from yolo.ablate.stats import ALPHA, CONFIDENCE, holm, independent_difference, summarize
 from yolo.ablate.tables import collect_rows, summarize_tables
@@ -194,9 +194,7 @@ def _gap_table(table: dict) -> list[str]:
 
 
 def _difference_cells(difference: dict) -> list[str]:
-    p = difference.get("p_holm")
-    ci = "—" if difference["ci_low"] is None else f"[{signed(difference['ci_low'])}, {signed(difference['ci_high'])}]"
-    return [signed(difference["mean"]), ci, "—" if p is None else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"),
+    return [signed(difference["mean"]), interval(difference, signed_values=True), p_text(difference),
             reading(difference)]
 
 
