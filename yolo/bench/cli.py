@@ -29,14 +29,19 @@ def _step_options(p, default_device: str, amp=("none", "bf16"), channels_last=("
 
 def build_parser() -> argparse.ArgumentParser:
     from yolo import bench
-    from yolo.config import add_config_args
 
     parser = argparse.ArgumentParser(prog="python -m yolo.bench", description=bench.__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=bench.__doc__)
     parser.add_argument("--json", metavar="FILE", help="also write the measurements to this JSON file")
     sub = parser.add_subparsers(dest="part", required=True)
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
+    _kernel_parsers(sub, default_device)
+    _pipeline_parsers(sub, default_device)
+    return parser
 
+
+def _kernel_parsers(sub, default_device: str) -> None:
+    """The parts that time one piece on synthetic input: step, gemm, profile, targets."""
     step = sub.add_parser("step", help="the training step on a synthetic batch already on the device")
     _step_options(step, default_device)
     step.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"])
@@ -58,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     targets.add_argument("--size", type=int, default=416)
     targets.add_argument("--iters", type=int, default=20)
     targets.add_argument("--warmup", type=int, default=3)
+
+
+def _pipeline_parsers(sub, default_device: str) -> None:
+    """The parts that time real data or a config's whole run: data, train, eval, autotune, gpu."""
+    from yolo.config import add_config_args
 
     data = sub.add_parser("data", help="decode + augment + collate on real JPEGs (0 workers: a prefetch thread)")
     data.add_argument("--data-root", required=True, help="a VOC devkit, a COCO JSON or a YOLO data.yaml")
@@ -86,7 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
     gpu = sub.add_parser("gpu", help="every GPU figure of docs/performance.md in one run (<= ~10 minutes)")
     gpu.add_argument("--device", default=default_device)
     gpu.add_argument("--smoke", action="store_true", help="tiny settings: check the script without a GPU")
-    return parser
 
 
 def main(argv=None) -> int:
